@@ -1,0 +1,217 @@
+"""The ``resample`` command: five restoring tasks, ``simulate`` and ``models``."""
+
+from __future__ import annotations
+
+import inspect
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..io.ct import read_angles_file, read_sinogram
+from ..io.errors import InputError
+from ..operators import BicubicDownsample, ParallelBeamCT
+from .models import models_app
+from .options import command_signature, positive, split_common
+from .restore import Measurement, run_restore
+from .simulate import simulate_app
+from .tasks import (
+    IMAGE_INPUTS,
+    CTWriter,
+    ImageWriter,
+    blur_operator,
+    image_measurement,
+    inpainting_operator,
+    mask_for,
+    nonlinear_operator,
+    read_clean_ct,
+    to_batch,
+)
+
+app = typer.Typer(
+    name="resample",
+    help="Restore images and reconstruct sparse-view CT with latent diffusion priors (ReSample, ICLR 2024).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(models_app, name="models")
+
+DEFAULT_MODEL = "celebahq"
+KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _param(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, KW, default=default, annotation=annotation)
+
+
+INPUTS = inspect.Parameter(
+    "inputs",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[list[Path], typer.Argument(help="Input files, folders or glob patterns.", show_default=False, metavar="INPUT...")],
+)
+
+
+def restoring_command(name: str, help_text: str, task_parameters: list[inspect.Parameter]):
+    """Register a command whose signature is INPUT..., the task's options, then the
+    common options; the decorated function turns the task options into a runner call."""
+
+    def register(body):
+        def command(**kwargs):
+            task_kwargs, common = split_common(kwargs)
+            code = body(common=common, **task_kwargs)
+            raise typer.Exit(code)
+
+        command.__signature__ = command_signature([INPUTS, *task_parameters])
+        command.__doc__ = help_text
+        app.command(name)(command)
+        return body
+
+    return register
+
+
+@restoring_command(
+    "deblur",
+    "Deblur images: Gaussian blur of std --sigma (pixels), or a motion-blur kernel read from --kernel.",
+    [
+        _param("sigma", Annotated[float, typer.Option(callback=positive, help="Gaussian blur std in pixels (> 0).")], 3.0),
+        _param("kernel_size", Annotated[int, typer.Option(min=1, help="Gaussian kernel width in pixels (odd).")], 61),
+        _param("kernel", Annotated[Path | None, typer.Option(
+            help="Blur kernel file (.npy or image), scaled to sum 1; replaces --sigma.")], None),
+    ],
+)
+def deblur(*, inputs, sigma, kernel_size, kernel, common):
+    if kernel_size % 2 == 0:
+        raise typer.BadParameter(f"must be odd, got {kernel_size}", param_hint="--kernel-size")
+    try:
+        op = blur_operator(sigma, kernel_size, kernel)
+    except InputError as err:
+        raise typer.BadParameter(str(err), param_hint="--kernel") from None
+    return run_restore(
+        "deblur", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op), ImageWriter(), common,
+        DEFAULT_MODEL,
+    )
+
+
+@restoring_command(
+    "superres",
+    "Super-resolve images by an integer --scale (antialiased bicubic downsampling model).",
+    [_param("scale", Annotated[int, typer.Option(min=2, help="Upsampling factor, an integer >= 2.")], 4)],
+)
+def superres(*, inputs, scale, common):
+    op = BicubicDownsample(scale)
+    return run_restore(
+        "superres", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op, scale), ImageWriter(), common,
+        DEFAULT_MODEL,
+    )
+
+
+@restoring_command(
+    "inpaint",
+    "Fill in the missing pixels of images given a mask (white / 1 = observed).",
+    [
+        _param("mask", Annotated[Path, typer.Option(
+            help="Mask image (white = observed) or .npy bool/0-1 array; or a folder of masks matched by name "
+            "(NAME.mask.png or NAME.png).", show_default=False)]),
+    ],
+)
+def inpaint(*, inputs, mask, common):
+    def prepare(path: Path) -> Measurement:
+        return image_measurement(path, lambda hw: inpainting_operator(mask_for(path, mask), hw, path))
+
+    return run_restore("inpaint", inputs, IMAGE_INPUTS, prepare, ImageWriter(), common, DEFAULT_MODEL)
+
+
+@restoring_command(
+    "nonlinear-deblur",
+    "Deblur images through a nonlinear forward model: the built-in nonlinear blur, or your own module.",
+    [
+        _param("operator", Annotated[str | None, typer.Option(
+            help="Forward model as 'package.module:Class' (a differentiable torch module on [0, 1] images). "
+            "[default: the built-in NonlinearBlur]")], None),
+        _param("operator_arg", Annotated[list[str] | None, typer.Option(
+            help="key=value keyword argument for the operator (repeatable; values parsed as JSON when possible).")],
+            None),
+    ],
+)
+def nonlinear_deblur(*, inputs, operator, operator_arg, common):
+    try:
+        op = nonlinear_operator(operator, operator_arg or [])
+    except (ValueError, ImportError, TypeError) as err:
+        raise typer.BadParameter(str(err), param_hint="--operator") from None
+    return run_restore(
+        "nonlinear-deblur", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op), ImageWriter(),
+        common, DEFAULT_MODEL,
+    )
+
+
+class AngleUnit(str, Enum):
+    deg = "deg"
+    rad = "rad"
+
+
+class SinoLayout(str, Enum):
+    angles_first = "angles-first"
+    det_first = "det-first"
+
+
+@restoring_command(
+    "ct",
+    "Reconstruct sparse-view parallel-beam CT from sinograms (.npy 2-D, or .npz with 'sinogram' and optional "
+    "'angles').",
+    [
+        _param("angles", Annotated[int | None, typer.Option(
+            min=1, help="Number of projection angles, equally spaced over [0, 180) degrees.")], None),
+        _param("angles_file", Annotated[Path | None, typer.Option(
+            help="Text or .npy file of the projection angles (one per sinogram row).")], None),
+        _param("angle_unit", Annotated[AngleUnit, typer.Option(help="Unit of --angles-file and .npz angles.")],
+               AngleUnit.deg),
+        _param("layout", Annotated[SinoLayout | None, typer.Option(
+            help="Sinogram axis order; inferred from the angle count when unambiguous. scikit-image's radon "
+            "returns det-first.")], None),
+        _param("image_size", Annotated[int | None, typer.Option(
+            min=2, help="Reconstructed image width in pixels. [default: the detector count]")], None),
+        _param("dicom_template", Annotated[Path | None, typer.Option(
+            help="CT DICOM slice whose patient and study tags the derived DICOM output copies.")], None),
+    ],
+)
+def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_template, common):
+    angle_values = None
+    if angles_file is not None:
+        try:
+            angle_values = read_angles_file(angles_file)
+        except InputError as err:
+            raise typer.BadParameter(str(err), param_hint="--angles-file") from None
+
+    def prepare(path: Path) -> Measurement:
+        sino = read_sinogram(
+            path, angles=angle_values, n_angles=angles, angle_unit=angle_unit.value,
+            layout=None if layout is None else layout.value,
+        )
+        n_det = sino.data.shape[1]
+        size = image_size or n_det
+        op = ParallelBeamCT([float(a) for a in sino.angles_deg], size, det_count=n_det)
+        y = to_batch(sino.data[None])
+        extra = {"angles_deg": [float(a) for a in sino.angles_deg], "det_count": n_det, "image_size": size}
+        return Measurement(y, op, (1, size, size), 16, extra)
+
+    return run_restore(
+        "ct", inputs, {".npy", ".npz"}, prepare, CTWriter(dicom_template), common, DEFAULT_MODEL,
+        read_reference=lambda p: read_clean_ct(p).data,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"resample {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Restore images and reconstruct sparse-view CT with latent diffusion priors (ReSample)."""

@@ -1,0 +1,259 @@
+"""The batch loop shared by the restoring commands: one input at a time, outputs
+written atomically, failures collected and reported at the end."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from .. import pipeline
+from ..io.errors import InputError
+from ..io.images import read_image, write_image
+from ..metrics import psnr, ssim
+from ..operators.base import Operator
+from ..priors import PriorError, load_prior
+from ..report import plot_residuals, write_report
+from ..solvers.resample import ReSampleConfig
+from .console import Output
+from .files import check_output_dir, expand_inputs, match_by_name
+from .options import CommonOptions, Device
+
+
+@dataclass
+class Measurement:
+    """What a task makes of one input file."""
+
+    y: torch.Tensor  # (1, ...) float32
+    operator: Operator
+    image_shape: tuple[int, int, int]  # (C, H, W) of the image to restore
+    bit_depth: int = 8
+    extra: dict | None = None  # task-specific facts for the report (e.g. CT angles)
+
+
+class Writer:
+    """Names and writes a task's outputs. Subclasses say which files an input yields."""
+
+    def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
+        """The task's own outputs; the key "output" names the main one."""
+        raise NotImplementedError
+
+    def write(
+        self,
+        paths: dict[str, Path],
+        image: np.ndarray,
+        measurement: Measurement,
+        source: Path,
+        done: list[Path],
+    ) -> None:
+        """Write the outputs, appending each finished file to ``done``."""
+        raise NotImplementedError
+
+
+def stem_path(source: Path, common: CommonOptions, tail: str) -> Path:
+    return common.output_dir / f"{source.stem}{common.suffix}{tail}"
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if device is Device.mps and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise typer.BadParameter("MPS is not available on this machine", param_hint="--device")
+    return torch.device(device.value)
+
+
+def run_restore(
+    task: str,
+    inputs: list[Path],
+    suffixes: set[str],
+    prepare: Callable[[Path], Measurement],
+    writer: Writer,
+    common: CommonOptions,
+    default_model: str,
+    read_reference: Callable[[Path], np.ndarray] = lambda p: read_image(p).data,
+) -> int:
+    """Restore every input; return the exit code (0 all written, 1 some failed)."""
+    out = Output(quiet=common.quiet, json_lines=common.json)
+    if common.skip_existing and common.overwrite:
+        raise typer.BadParameter("--skip-existing and --overwrite exclude each other")
+    device = resolve_device(common.device)
+    paths = expand_inputs(inputs, suffixes)
+    if not paths:
+        raise typer.BadParameter("no input files", param_hint="INPUT")
+    try:
+        check_output_dir(common.output_dir)
+    except InputError as err:
+        out.error(str(err))
+        return 1
+    spec = common.model or default_model
+    out.log(f"loading model {spec} on {device}")
+    try:
+        prior = load_prior(spec, revision=common.revision, device=device)
+    except PriorError as err:
+        out.error(str(err))
+        return 1
+    overrides = {"steps": common.steps} if common.steps else {}
+    config = ReSampleConfig.preset(common.preset.value, **overrides)
+    autocast = None if common.dtype.value == "float32" else getattr(torch, common.dtype.value)
+    failures: list[str] = []
+    written = skipped = 0
+    with out.progress() as bar:
+        files_bar = bar.add_task(task, total=len(paths)) if bar else None
+        steps_bar = bar.add_task("steps", total=config.steps) if bar else None
+        for source in paths:
+            planned = {**writer.paths(source, common), **_auxiliary_paths(source, common)}
+            existing = [p for p in planned.values() if p.exists()]
+            if existing and common.skip_existing:
+                skipped += 1
+                out.record({"input": str(source), "status": "skipped", "output": str(planned["output"])})
+                _advance(bar, files_bar)
+                continue
+            try:
+                if existing and not common.overwrite:
+                    raise InputError(existing[0], "output exists; pass --overwrite or --skip-existing")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    measurement = prepare(source)
+                for w in caught:
+                    out.warn(str(w.message))
+                reference = None
+                if common.reference is not None:
+                    ref_path = common.reference
+                    if ref_path.is_dir():
+                        ref_path = match_by_name(
+                            source, ref_path, sorted(suffixes | {".png", ".npy", ".dcm"})
+                        )
+                    reference = read_reference(ref_path)
+                n_chunks = -(-common.samples // (common.batch_size or common.samples))
+                if bar:
+                    bar.reset(steps_bar, total=config.steps * n_chunks, description=source.name)
+
+                def on_step(chunk, info):
+                    if bar:
+                        bar.update(steps_bar, completed=chunk * info.total + info.step)
+
+                result = pipeline.restore(
+                    measurement.y,
+                    measurement.operator,
+                    prior,
+                    config,
+                    image_shape=measurement.image_shape,
+                    sigma_y=common.noise,
+                    seed=common.seed,
+                    samples=common.samples,
+                    batch_size=common.batch_size,
+                    autocast=autocast,
+                    callback=on_step,
+                )
+                image = result.x.numpy()
+                report = pipeline.report(
+                    task=task,
+                    operator=measurement.operator,
+                    prior=prior,
+                    config=config,
+                    preset=common.preset.value,
+                    restoration=result,
+                    seed=common.seed,
+                    dtype=common.dtype.value,
+                    metrics=None if reference is None else _metrics(source, image, reference),
+                )
+                report = {"input": str(source), "output": str(planned["output"]), **report}
+                if measurement.extra:
+                    report["operator"].update(measurement.extra)
+                _write_all(planned, writer, image, measurement, source, result, report, common)
+            except (InputError, ValueError) as err:
+                failures.append(str(err) if isinstance(err, InputError) else f"{source}: {err}")
+                out.error(failures[-1])
+                out.record({"input": str(source), "status": "failed", "error": failures[-1]})
+            except KeyboardInterrupt:
+                out.error("interrupted; outputs of the input in hand were not written")
+                raise typer.Exit(130) from None
+            else:
+                written += 1
+                res = report["residual"]
+                out.log(f"{source} -> {planned['output']}  residual/sigma_y = {_fmt(res['ratio'])}")
+                out.record(
+                    {
+                        "input": str(source),
+                        "status": "ok",
+                        "output": str(planned["output"]),
+                        "report": str(planned["report"]),
+                        "residual": res,
+                        "metrics": report.get("metrics"),
+                    }
+                )
+            _advance(bar, files_bar)
+    out.log(f"{written} written, {skipped} skipped, {len(failures)} failed")
+    if failures:
+        out.err.print(f"{len(failures)} input(s) failed:")
+        for line in failures:
+            out.err.print(f"  {line}", highlight=False, markup=False)
+        return 1
+    return 0
+
+
+def _auxiliary_paths(source: Path, common: CommonOptions) -> dict[str, Path]:
+    paths = {"report": stem_path(source, common, ".report.json")}
+    if common.samples > 1:
+        paths["std_png"] = stem_path(source, common, ".std.png")
+        paths["std_npy"] = stem_path(source, common, ".std.npy")
+    if common.plot:
+        paths["plot"] = stem_path(source, common, ".residual.png")
+    return paths
+
+
+def _advance(bar, task_id) -> None:
+    if bar:
+        bar.advance(task_id)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _metrics(source: Path, image: np.ndarray, reference: np.ndarray) -> dict:
+    if reference.shape != image.shape:
+        raise InputError(source, f"reference has shape {reference.shape}, the restored image {image.shape}")
+    x, ref = torch.from_numpy(image), torch.from_numpy(reference)
+    return {"psnr": psnr(x, ref), "ssim": ssim(x, ref)}
+
+
+def _write_all(planned, writer, image, measurement, source, result, report, common) -> None:
+    """Write every output of one input; on any failure remove those already written,
+    so an input yields all its files or none."""
+    done: list[Path] = []
+    try:
+        writer.write(planned, image, measurement, source, done)
+        if result.std is not None:
+            std = result.std.numpy()
+            scale = float(std.max()) or 1.0
+            write_image(planned["std_npy"], std)
+            done.append(planned["std_npy"])
+            write_image(planned["std_png"], std / scale)
+            done.append(planned["std_png"])
+            report["uncertainty"] = {
+                "std_npy": str(planned["std_npy"]),
+                "std_png": str(planned["std_png"]),
+                "std_png_scale": scale,
+            }
+        if common.plot:
+            plot_residuals(planned["plot"], report["residual"]["per_dc_step"], report["residual"]["sigma_y"])
+            done.append(planned["plot"])
+        write_report(planned["report"], report)
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise

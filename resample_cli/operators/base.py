@@ -1,0 +1,108 @@
+"""Base classes for forward models y = A(x) acting on images in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class Operator(nn.Module):
+    """A differentiable forward model: ``op(x)`` is the noiseless measurement of ``x``.
+
+    ``x`` is an ``(N, C, H, W)`` image batch with intensities in [0, 1].
+    """
+
+    linear: bool = False
+
+    def params(self) -> dict:
+        """JSON-serialisable parameters, for reports."""
+        return {"name": type(self).__name__}
+
+
+class LinearOperator(Operator):
+    """A linear forward model with an adjoint and a regularised least-squares solve."""
+
+    linear = True
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y, the adjoint of ``forward`` (its transpose for real tensors)."""
+        raise NotImplementedError
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^T A x."""
+        return self.adjoint(self(x))
+
+    def solve(
+        self,
+        y: torch.Tensor,
+        x0: torch.Tensor,
+        lam: float | torch.Tensor,
+        *,
+        tol: float = 1e-6,
+        max_iter: int = 200,
+    ) -> torch.Tensor:
+        """argmin_x ||y - A x||^2 + lam ||x - x0||^2, per batch element.
+
+        ``lam`` is a float or a tensor of shape ``(N,)``. The default is conjugate
+        gradients on (A^T A + lam I) x = A^T y + lam x0, warm-started at ``x0``.
+        """
+        lam = _per_sample(lam, x0)
+        rhs = self.adjoint(y) + lam * x0
+        return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, tol=tol, max_iter=max_iter)
+
+
+def _per_sample(lam: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    lam = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    return lam.reshape(-1, *([1] * (like.ndim - 1))) if lam.ndim else lam
+
+
+def conjugate_gradient(
+    apply,
+    rhs: torch.Tensor,
+    x0: torch.Tensor,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Solve apply(x) = rhs for a symmetric positive (semi-)definite ``apply``,
+    independently for each batch element, until ||r|| <= tol * ||rhs|| per element.
+
+    ``precond``, if given, applies a symmetric positive definite approximation of the
+    inverse of ``apply`` (preconditioned CG); the stopping test stays on the true residual.
+    """
+    dims = tuple(range(1, rhs.ndim))
+    tiny = torch.finfo(rhs.dtype).tiny
+
+    def dot(a, b):
+        return (a * b).sum(dims, keepdim=True)
+
+    def precondition(r):
+        return r if precond is None else precond(r)
+
+    x = x0.clone()
+    r = rhs - apply(x)
+    z = precondition(r)
+    p = z.clone()
+    rz = dot(r, z)
+    rr = dot(r, r)
+    target = (tol**2) * dot(rhs, rhs)
+    for _ in range(max_iter):
+        if bool((rr <= target).all()):
+            break
+        ap = apply(p)
+        pap = dot(p, ap)
+        # Elements that already converged keep alpha = 0 so they stop moving.
+        active = rr > target
+        alpha = torch.where(active, rz / pap.clamp_min(tiny), torch.zeros_like(rz))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r)
+        rz_new = dot(r, z)
+        beta = torch.where(active, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
+        p = z + beta * p
+        rz = rz_new
+        rr = dot(r, r)
+    return x

@@ -1,0 +1,79 @@
+"""The interface every latent diffusion prior offers to the solvers."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class PriorInfo:
+    """Where a prior came from, for reports."""
+
+    name: str
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
+
+
+class LatentPrior(abc.ABC):
+    """A latent diffusion model: an autoencoder plus a noise-prediction network.
+
+    Images given to ``encode`` and returned by ``decode`` are in [-1, 1] with
+    ``image_channels`` channels. Latents are already multiplied by ``latent_scale``,
+    so the diffusion runs on ``encode(x)`` directly.
+    """
+
+    info: PriorInfo
+    scheduler: DDIMScheduler  # carries the training noise schedule
+    image_channels: int
+    latent_channels: int
+    downsample_factor: int
+    latent_scale: float
+    device: torch.device
+    dtype: torch.dtype  # of the networks' weights
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image in [-1, 1] -> scaled latent."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image in [-1, 1] (differentiable)."""
+
+    @abc.abstractmethod
+    def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for latents ``z`` at integer timesteps ``t`` (shape ``(N,)``)."""
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t for t = 0 .. T-1 (float64, CPU)."""
+        return self.scheduler.alphas_cumprod.to(torch.float64)
+
+    @property
+    def final_alpha_cumprod(self) -> float:
+        """abar used after the last DDIM step (1.0, or abar_0, as the scheduler says)."""
+        return float(self.scheduler.final_alpha_cumprod)
+
+    def timesteps(self, steps: int) -> list[int]:
+        """The DDIM timesteps for a run of ``steps`` steps, in sampling order."""
+        self.scheduler.set_timesteps(steps)
+        return [int(t) for t in self.scheduler.timesteps]
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (the autoencoder's
+        downsampling times any downsampling inside the denoiser)."""
+        return self.downsample_factor
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """Latent shape (C, h, w) for an image of ``height`` x ``width`` pixels."""
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of {f}, the prior's downsampling factor"
+            )
+        return (self.latent_channels, height // f, width // f)

@@ -1,0 +1,113 @@
+"""A latent prior made of diffusers networks: a ``UNet2DModel`` noise predictor plus a
+``VQModel`` or ``AutoencoderKL`` autoencoder, with a DDIM view of the training schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+
+from .base import LatentPrior, PriorInfo
+from .errors import PriorError
+
+Autoencoder = VQModel | AutoencoderKL
+
+
+def default_latent_scale(autoencoder_config: Mapping[str, Any]) -> float:
+    """The latent scale a model's own autoencoder config file implies.
+
+    Only a ``scaling_factor`` written in the file counts. Older repositories such as
+    CompVis/ldm-celebahq-256 were saved before diffusers had that key, and their latents are
+    used unscaled (scale 1.0); the class default diffusers fills in (0.18215, Stable
+    Diffusion's value) would shrink their latents about five-fold. So pass the config as
+    read from ``config.json``, not a constructed model's ``config``.
+    """
+    return float(autoencoder_config.get("scaling_factor", 1.0))
+
+
+class DiffusersPrior(LatentPrior):
+    """``LatentPrior`` over diffusers networks.
+
+    The networks are put in eval mode with frozen parameters: solvers differentiate through
+    them with respect to their inputs only. ``eps`` is the noise prediction even for a UNet
+    trained to predict v or the clean latent (the scheduler's ``prediction_type``): that
+    output is converted to the noise it implies at the given timestep.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        autoencoder: Autoencoder,
+        scheduler: DDIMScheduler,
+        *,
+        latent_scale: float,
+        info: PriorInfo,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        ae_config = autoencoder.config
+        if isinstance(autoencoder, VQModel):
+            latent_channels = ae_config.vq_embed_dim or ae_config.latent_channels
+        else:
+            latent_channels = ae_config.latent_channels
+        if unet.config.in_channels != latent_channels or unet.config.out_channels != latent_channels:
+            raise PriorError(
+                f"model {info.name!r}: the UNet maps {unet.config.in_channels} to {unet.config.out_channels} "
+                f"channels but the autoencoder's latent has {latent_channels}"
+            )
+        if scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise PriorError(
+                f"model {info.name!r}: unsupported scheduler prediction_type {scheduler.config.prediction_type!r}"
+            )
+        self.info = info
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.unet = _frozen(unet, self.device, dtype)
+        self.autoencoder = _frozen(autoencoder, self.device, dtype)
+        self.image_channels = ae_config.in_channels
+        self.latent_channels = latent_channels
+        self.downsample_factor = 2 ** (len(ae_config.block_out_channels) - 1)
+        self.latent_scale = float(latent_scale)
+        # Each UNet level but the last halves the latent, so it must divide evenly.
+        self._unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        self._abar = scheduler.alphas_cumprod.to(self.device, torch.float64)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.downsample_factor * self._unet_factor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.device, self.dtype)
+        if isinstance(self.autoencoder, VQModel):
+            z = self.autoencoder.encode(h).latents  # before quantisation, as diffusers' LDM pipeline
+        else:
+            z = self.autoencoder.encode(h).latent_dist.mean  # deterministic: the posterior mean
+        return (z * self.latent_scale).to(x.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        # A VQModel quantises here; its quantiser passes gradients straight through.
+        x = self.autoencoder.decode(z.to(self.device, self.dtype) / self.latent_scale).sample
+        return x.to(z.dtype)
+
+    def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).to(self.device)
+        z = z.to(self.device)
+        out = self.unet(z.to(self.dtype), t).sample.to(z.dtype)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return out
+        # z_t = sqrt(abar) z0 + sqrt(1 - abar) eps, and v = sqrt(abar) eps - sqrt(1 - abar) z0.
+        abar = self._abar[t].to(z.dtype).reshape(-1, 1, 1, 1)
+        if kind == "v_prediction":
+            return abar.sqrt() * out + (1 - abar).sqrt() * z
+        return (z - abar.sqrt() * out) / (1 - abar).sqrt()  # "sample": the network predicts z0
+
+
+def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:
+    module.eval().requires_grad_(False)
+    # torch's own ``to``: diffusers' override warns about float32-kept modules even when a
+    # model, like these three classes, keeps none.
+    return torch.nn.Module.to(module, device=device, dtype=dtype)

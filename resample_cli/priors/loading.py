@@ -1,0 +1,259 @@
+"""Finding a prior by registry name, folder or Hub repository id; fetching it into the
+Hugging Face cache; building a ``DiffusersPrior`` from it without unrestricted pickle.
+
+A Hub model already in the cache is used without contacting the Hub (so runs are fast and
+work offline); ``fetch_prior`` is what refreshes a branch revision such as ``main``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+from .base import PriorInfo
+from .checkpoint import load_weights
+from .diffusers_prior import DiffusersPrior, default_latent_scale
+from .errors import PriorError
+from .layout import AUTOENCODER_FOLDERS, BIN, CONFIG, SAFETENSORS, SCHEDULER_CONFIG, find_layout, weights_file
+from .registry import load_registry
+
+__all__ = ["PriorError", "fetch_prior", "load_prior", "prior_cache_path"]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_AUTOENCODERS = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where one model comes from: a Hub repository or a folder, and its subfolder names."""
+
+    name: str  # as the user gave it: a registry name, a folder or a repo id
+    command: str  # the shell command that fetches it ahead of time
+    repo: str | None = None
+    revision: str | None = None
+    folder: Path | None = None
+    unet: str = "unet"
+    autoencoder: str | None = None
+    scheduler: str = "scheduler"
+    latent_scale: float | None = None
+
+    def layout_kwargs(self) -> dict[str, Any]:
+        return {"unet": self.unet, "autoencoder": self.autoencoder, "scheduler": self.scheduler}
+
+
+def load_prior(
+    spec: str,
+    revision: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    registry: Path | str | None = None,
+) -> DiffusersPrior:
+    """Load a prior from a registry name, a local folder in diffusers layout, or a Hub repo id
+    ("owner/name", fetched into the Hugging Face cache unless already there or offline).
+    ``revision`` overrides the registry's pinned revision; ``registry`` another registry file."""
+    source = _resolve(spec, revision, registry)
+    folder = source.folder if source.folder is not None else _hub_folder(source, refresh=False)
+    return _build(folder, source, torch.device(device), dtype)
+
+
+def fetch_prior(spec: str, revision: str | None = None, *, registry: Path | str | None = None) -> Path:
+    """Download a Hub model into the cache ahead of time (a local one is only checked) and
+    return its folder."""
+    source = _resolve(spec, revision, registry)
+    folder = source.folder if source.folder is not None else _hub_folder(source, refresh=True)
+    find_layout(folder, source.name, **source.layout_kwargs())
+    return folder
+
+
+def prior_cache_path(
+    spec: str, revision: str | None = None, *, registry: Path | str | None = None
+) -> Path | None:
+    """The folder a model would load from without the network, or None if it is not all there."""
+    source = _resolve(spec, revision, registry)
+    if source.folder is None:
+        return _cached_snapshot(source)
+    try:
+        find_layout(source.folder, source.name, **source.layout_kwargs())
+    except PriorError:
+        return None
+    return source.folder
+
+
+def _resolve(spec: str, revision: str | None, registry: Path | str | None) -> _Source:
+    entries = load_registry(registry)
+    command = f"resample models download {spec}" + (f" --revision {revision}" if revision else "")
+    if spec in entries:
+        entry = entries[spec]
+        if entry.kind == "bundled" and revision is not None:
+            raise PriorError(f"model {spec!r} is bundled with resample; it has no revisions")
+        return _Source(
+            name=spec,
+            command=command,
+            repo=entry.repo,
+            revision=revision or entry.revision,
+            folder=entry.path,
+            unet=entry.unet,
+            autoencoder=entry.autoencoder,
+            scheduler=entry.scheduler,
+            latent_scale=entry.latent_scale,
+        )
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if revision is not None:
+            raise PriorError(f"model {spec!r} is a local folder; a revision applies only to Hub models")
+        return _Source(name=spec, command=command, folder=folder.resolve())
+    if _REPO_ID.match(spec):
+        return _Source(name=spec, command=command, repo=spec, revision=revision)
+    known = ", ".join(sorted(entries)) or "none"
+    raise PriorError(
+        f"unknown model {spec!r}: not a registry name (known: {known}), an existing folder, "
+        "or a Hugging Face Hub repo id like owner/name"
+    )
+
+
+def _network_folders(source: _Source) -> list[str]:
+    return [source.unet, *([source.autoencoder] if source.autoencoder else AUTOENCODER_FOLDERS)]
+
+
+def _config_patterns(source: _Source) -> list[str]:
+    return [f"{sub}/{CONFIG}" for sub in _network_folders(source)] + [
+        f"{source.scheduler}/{SCHEDULER_CONFIG}"
+    ]
+
+
+def _cached_snapshot(source: _Source) -> Path | None:
+    try:
+        folder = Path(
+            snapshot_download(
+                source.repo,
+                revision=source.revision,
+                cache_dir=constants.HF_HUB_CACHE,
+                allow_patterns=_config_patterns(source),
+                local_files_only=True,
+            )
+        )
+        find_layout(folder, source.name, **source.layout_kwargs())
+    except (LocalEntryNotFoundError, PriorError):
+        return None
+    return folder
+
+
+def _hub_folder(source: _Source, *, refresh: bool) -> Path:
+    if not refresh or constants.HF_HUB_OFFLINE:
+        cached = _cached_snapshot(source)
+        if cached is not None:
+            return cached
+        if constants.HF_HUB_OFFLINE:
+            raise _not_cached(source, "HF_HUB_OFFLINE is set")
+    try:
+        return _download(source)
+    except RevisionNotFoundError as err:
+        raise PriorError(
+            f"model {source.name!r}: revision {source.revision!r} not found in {source.repo}"
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise PriorError(
+            f"model {source.name!r}: no Hub repository {source.repo} (or it is private or gated: log in first)"
+        ) from err
+    except LocalEntryNotFoundError as err:  # the Hub was unreachable and the cache lacks the files
+        raise _not_cached(source, "the Hub cannot be reached") from err
+    except OSError as err:  # connection errors not already turned into the above
+        raise _not_cached(source, f"the Hub cannot be reached ({type(err).__name__})") from err
+
+
+def _download(source: _Source) -> Path:
+    """Configs and safetensors weights; ``.bin`` weights only for networks that lack safetensors."""
+    networks = _network_folders(source)
+    folder = Path(
+        snapshot_download(
+            source.repo,
+            revision=source.revision,
+            cache_dir=constants.HF_HUB_CACHE,
+            allow_patterns=_config_patterns(source) + [f"{sub}/{SAFETENSORS}" for sub in networks],
+        )
+    )
+    bins = [
+        f"{sub}/{BIN}"
+        for sub in networks
+        if (folder / sub / CONFIG).is_file() and weights_file(folder / sub) is None
+    ]
+    if bins:  # pinned to the commit just fetched, should the branch move meanwhile
+        snapshot_download(
+            source.repo, revision=folder.name, cache_dir=constants.HF_HUB_CACHE, allow_patterns=bins
+        )
+    return folder
+
+
+def _not_cached(source: _Source, reason: str) -> PriorError:
+    return PriorError(
+        f"model {source.name!r} ({source.repo} at revision {source.revision or 'main'}) is not in the "
+        f"Hugging Face cache {constants.HF_HUB_CACHE} and {reason}; fetch it ahead of time with: {source.command}"
+    )
+
+
+def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dtype) -> DiffusersPrior:
+    layout = find_layout(folder, source.name, **source.layout_kwargs())
+    unet_config = _read_json(layout.unet / CONFIG, source.name)
+    ae_config = _read_json(layout.autoencoder / CONFIG, source.name)
+    if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise PriorError(
+            f"model {source.name!r}: {layout.unet.name}/ holds a {unet_config['_class_name']}; "
+            "only unconditional UNet2DModel networks are supported"
+        )
+    default_class = "VQModel" if layout.autoencoder.name == "vqvae" else "AutoencoderKL"
+    ae_class = _AUTOENCODERS.get(ae_config.get("_class_name", default_class))
+    if ae_class is None:
+        raise PriorError(
+            f"model {source.name!r}: {layout.autoencoder.name}/ holds a {ae_config['_class_name']}; "
+            "expected a VQModel or AutoencoderKL"
+        )
+    unet = _network(UNet2DModel, unet_config, layout.unet, source.name)
+    autoencoder = _network(ae_class, ae_config, layout.autoencoder, source.name)
+    scheduler_file = layout.scheduler / SCHEDULER_CONFIG
+    try:
+        # Whatever scheduler trained the model, the noise schedule is what DDIM sampling needs.
+        scheduler = DDIMScheduler.from_config(_read_json(scheduler_file, source.name))
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise PriorError(
+            f"model {source.name!r}: {scheduler_file} is not a usable scheduler config ({err})"
+        ) from err
+    latent_scale = source.latent_scale if source.latent_scale is not None else default_latent_scale(ae_config)
+    info = PriorInfo(
+        name=source.name,
+        repo=source.repo,
+        revision=folder.name if source.repo else None,  # the snapshot folder is named by its commit
+        path=str(folder),
+    )
+    return DiffusersPrior(
+        unet, autoencoder, scheduler, latent_scale=latent_scale, info=info, device=device, dtype=dtype
+    )
+
+
+def _network(cls: type, config: dict[str, Any], folder: Path, name: str) -> Any:
+    try:
+        model = cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise PriorError(
+            f"model {name!r}: {folder / CONFIG} is not a valid {cls.__name__} config ({err})"
+        ) from err
+    load_weights(model, weights_file(folder), name)
+    return model
+
+
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PriorError(f"model {name!r}: cannot read {path} as JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise PriorError(f"model {name!r}: {path} does not hold a JSON object")
+    return config

@@ -1,0 +1,123 @@
+"""Cost accounting for solvers: network passes, operator calls, timings, residuals."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..operators.base import Operator
+from ..priors.base import LatentPrior
+
+COUNTERS = (
+    "unet_forward",
+    "unet_backward",
+    "decoder_forward",
+    "decoder_backward",
+    "encoder_forward",
+    "operator_calls",
+)
+
+
+@dataclass
+class Trace:
+    """What a solver run cost and how the data fit evolved.
+
+    Counts are per image: a network pass over a batch of k images counts k, so a
+    batch of N costs N times what one image costs, and early-stopped images stop
+    counting. ``residual_per_dc_step`` holds, for each data-consistency step, the
+    RMS residual ||y - A(x)|| / sqrt(m) of each image's data-consistent estimate
+    (None for images that were not part of that step).
+    """
+
+    counts: Counter = field(default_factory=lambda: Counter({k: 0 for k in COUNTERS}))
+    timing: dict[str, float] = field(default_factory=dict)
+    residual_per_dc_step: list[list[float | None]] = field(default_factory=list)
+    dc_iterations: list[list[int]] = field(default_factory=list)
+    final_residual: list[float] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timing[name]`` (synchronising CUDA)."""
+        _sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
+
+    def to_dict(self) -> dict:
+        return {
+            "counts": dict(self.counts),
+            "timing": dict(self.timing),
+            "residual_per_dc_step": self.residual_per_dc_step,
+            "dc_iterations": self.dc_iterations,
+            "final_residual": self.final_residual,
+        }
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class CountingPrior:
+    """Calls a prior's networks, counting each pass in ``trace`` and applying autocast.
+
+    Backward passes are counted by the caller through ``count_backward`` because only
+    it knows which networks a gradient went through.
+    """
+
+    def __init__(self, prior: LatentPrior, trace: Trace, autocast: torch.dtype | None = None):
+        self.prior = prior
+        self.trace = trace
+        self.autocast = autocast
+
+    def _cast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.prior.device.type, dtype=self.autocast)
+
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        self.trace.counts["unet_forward"] += z.shape[0]
+        tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
+        with self._cast():
+            return self.prior.eps(z, tt).float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image in [0, 1] (the operators' domain)."""
+        self.trace.counts["decoder_forward"] += z.shape[0]
+        with self._cast():
+            return (self.prior.decode(z).float() + 1) / 2
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image in [0, 1] -> latent."""
+        self.trace.counts["encoder_forward"] += x.shape[0]
+        with self._cast():
+            return self.prior.encode(x * 2 - 1).float()
+
+    def count_backward(self, n: int, *, unet: bool = False, decoder: bool = False) -> None:
+        if unet:
+            self.trace.counts["unet_backward"] += n
+        if decoder:
+            self.trace.counts["decoder_backward"] += n
+
+
+@contextlib.contextmanager
+def counting_operator_calls(operator: Operator, trace: Trace) -> Iterator[Operator]:
+    """Count every forward application of ``operator`` (one per image), including
+    those made inside its own ``solve``, while the block runs."""
+
+    def hook(module, args, output):
+        trace.counts["operator_calls"] += args[0].shape[0]
+
+    handle = operator.register_forward_hook(hook)
+    try:
+        yield operator
+    finally:
+        handle.remove()
