@@ -96,8 +96,8 @@ def restore(
 def _fit_channels(operator: Operator, channels: int, prior: LatentPrior) -> Operator:
     if channels == prior.image_channels:
         return operator
-    if channels == 1 and prior.image_channels == 3:
-        return ChannelMean(operator)
+    if channels == 1:
+        return ChannelMean(operator, prior.image_channels)
     raise ValueError(
         f"the prior models {prior.image_channels}-channel images; the input has {channels} channels"
     )

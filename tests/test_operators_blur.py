@@ -131,7 +131,9 @@ def test_gaussian_solve_converges_in_few_preconditioned_iterations(lam: float) -
     """
     op = GaussianBlur(3.0)
     image = torch.from_numpy(data.astronaut()[::2, ::2].astype(np.float64) / 255).permute(2, 0, 1)[None]
-    y = op(image) + 0.01 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0), dtype=image.dtype)
+    y = op(image) + 0.01 * torch.randn(
+        image.shape, generator=torch.Generator().manual_seed(0), dtype=image.dtype
+    )
     x0 = torch.zeros_like(image)
     calls = _count_normal_calls(op)
     x = op.solve(y, x0, lam)

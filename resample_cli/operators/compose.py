@@ -53,23 +53,24 @@ class ChannelMean(LinearOperator):
     """A(mean over channels of x): a grey measurement of a colour image, so that a
     grey input can be restored with an RGB prior."""
 
-    def __init__(self, inner: Operator):
+    def __init__(self, inner: Operator, channels: int = 3):
         super().__init__()
         self.inner = inner
         self.linear = inner.linear
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.mean(1, keepdim=True))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         g = self.inner.adjoint(y)
-        return g.expand(-1, 3, -1, -1) / 3
+        return g.expand(-1, self.channels, -1, -1) / self.channels
 
     def solve(self, y, x0, lam, *, tol=1e-6, max_iter=200) -> torch.Tensor:
-        # Write x = x0 + d. For a given channel mean e of d, ||d||^2 is least (3 ||e||^2)
-        # with d = e in every channel, so the problem reduces to a grey solve with 3 lam.
+        # Write x = x0 + d. For a given channel mean e of d, ||d||^2 is least (C ||e||^2)
+        # with d = e in every channel, so the problem reduces to a grey solve with C lam.
         g0 = x0.mean(1, keepdim=True)
-        g = self.inner.solve(y, g0, 3 * _per_sample(lam, x0), tol=tol, max_iter=max_iter)
+        g = self.inner.solve(y, g0, self.channels * _per_sample(lam, x0), tol=tol, max_iter=max_iter)
         return x0 + (g - g0)
 
     def params(self) -> dict:

@@ -11,8 +11,10 @@ from torch.nn import functional as F
 
 from .base import LinearOperator
 
-# Most bilinear samples per grid_sample call: bounds peak memory when there are many angles.
+# Peak working set, in numbers, of one chunk of angles: N * C samples per ray point plus the
+# float64 coordinates of the sampling grid (about _GRID_FLOATS float32-sized numbers per point).
 _CHUNK_ELEMENTS = 1 << 24
+_GRID_FLOATS = 8
 FBP_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 
@@ -37,7 +39,7 @@ class ParallelBeamCT(LinearOperator):
 
     ``forward``: (N, C, n, n) -> (N, C, n_angles, det_count), the layout on disk
     (skimage returns the transpose). The adjoint (back-projection) is the exact transpose of
-    the bilinear sampling, taken by autograd, so it does not run under ``torch.inference_mode``.
+    the bilinear sampling, taken by autograd (``grid_sample``'s backward scatters the weights).
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class ParallelBeamCT(LinearOperator):
             raise ValueError(f"CT image size must be at least 2, got {image_size}")
         self.image_size = int(image_size)
         self.circle = bool(circle)
-        diagonal_width = image_size + math.ceil(math.sqrt(2) * image_size - image_size)
+        diagonal_width = image_size + math.ceil(math.sqrt(2) * image_size - image_size)  # skimage's padding
         self.ray_steps = self.image_size if circle else diagonal_width
         self.det_count = int(det_count) if det_count is not None else self.ray_steps
         if self.det_count < 1:
@@ -77,17 +79,18 @@ class ParallelBeamCT(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, (self.image_size, self.image_size), "image")
         n, c = x.shape[:2]
-        parts = [self._project(x, part) for part in self._chunks(n * c * self.ray_steps * self.det_count)]
+        parts = [self._project(x, part) for part in self._chunks(self._elements_per_angle(n * c))]
         return torch.cat(parts, dim=2)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, (len(self.angles_deg), self.det_count), "sinogram")
         n, c = y.shape[:2]
-        with torch.enable_grad():
-            # Projection is linear, so its vector-Jacobian product at any point is A^T y.
+        # Projection is linear, so its vector-Jacobian product at any point is A^T y; autograd
+        # is switched on here so that the adjoint also works under no_grad and inference_mode.
+        with torch.inference_mode(False), torch.enable_grad():
             x = y.new_zeros(n, c, self.image_size, self.image_size, requires_grad=True)
             back = None
-            for part in self._chunks(n * c * self.ray_steps * self.det_count):
+            for part in self._chunks(self._elements_per_angle(n * c)):
                 (grad,) = torch.autograd.grad(
                     self._project(x, part), x, y[:, :, part], create_graph=y.requires_grad
                 )
@@ -121,13 +124,12 @@ class ParallelBeamCT(LinearOperator):
         side = self.image_size
         image = sino.new_zeros(n * c, side, side)
         offsets = _centred(side, sino.device)
-        for part in self._chunks(n * c * side * side):
+        for part in self._chunks((n * c + _GRID_FLOATS) * side * side):
             cos, sin = self._cos_sin(part, sino.device)
-            t = offsets[None, None, :] * cos - offsets[None, :, None] * sin
-            # Sample each projection, a 1-pixel-high image, at detector index t + width // 2.
-            grid = torch.stack(((t + width // 2) * (2 / (width - 1)) - 1, torch.zeros_like(t)), dim=-1)
+            detector = offsets[None, None, :] * cos + (width // 2 - offsets[None, :, None] * sin)
+            # Each projection is sampled as a one-pixel-high image.
             rows = filtered[:, :, part].permute(2, 0, 1, 3).reshape(-1, n * c, 1, width)
-            image = image + _bilinear(rows, grid.to(sino.dtype)).sum(0)
+            image = image + _bilinear(rows, detector, torch.zeros_like(detector)).sum(0)
         if self.circle:
             image = image * (offsets[:, None].square() + offsets[None, :].square() <= (side // 2) ** 2)
         return (image * (math.pi / (2 * len(self.angles_deg)))).reshape(n, c, side, side)
@@ -139,16 +141,20 @@ class ParallelBeamCT(LinearOperator):
         s = _centred(self.ray_steps, x.device)[None, :, None]
         u = _centred(self.det_count, x.device)[None, None, :]
         centre = self.image_size // 2
-        col = centre + u * cos + s * sin
-        row = centre - u * sin + s * cos
-        grid = torch.stack((col, row), dim=-1) * (2 / (self.image_size - 1)) - 1
-        samples = _bilinear(x.reshape(1, n * c, h, w), grid.reshape(1, -1, self.det_count, 2).to(x.dtype))
+        col = u * cos + (s * sin + centre)
+        row = s * cos + (centre - u * sin)
+        samples = _bilinear(
+            x.reshape(1, n * c, h, w), col.reshape(1, -1, self.det_count), row.reshape(1, -1, self.det_count)
+        )
         return samples.reshape(n, c, -1, self.ray_steps, self.det_count).sum(3)
 
     def _cos_sin(self, part: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the angles ``part``, in float64, shaped (angles, 1, 1)."""
         theta = torch.deg2rad(torch.tensor(self.angles_deg[part], dtype=torch.float64, device=device))
         return theta.cos()[:, None, None], theta.sin()[:, None, None]
+
+    def _elements_per_angle(self, images: int) -> int:
+        return (images + _GRID_FLOATS) * self.ray_steps * self.det_count
 
     def _chunks(self, elements_per_angle: int) -> Iterator[slice]:
         step = max(1, _CHUNK_ELEMENTS // elements_per_angle)
@@ -168,9 +174,15 @@ def _centred(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.float64, device=device) - n // 2
 
 
-def _bilinear(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples at pixel-centre coordinates normalised for align_corners=True, zero outside
-    (the interpolation of skimage's ``warp(order=1)`` and of ``np.interp`` inside the range)."""
+def _bilinear(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``image`` (B, C, H, W) at pixel coordinates ``col``, ``row`` (B, h, w),
+    zero outside the image: the interpolation of skimage's ``warp(order=1)``, and of
+    ``np.interp`` inside its range."""
+    h, w = image.shape[-2:]
+    grid = image.new_empty(*col.shape, 2)
+    # grid_sample with align_corners=True puts -1 and 1 on the centres of the first and last pixels.
+    grid[..., 0] = col * (2 / max(w - 1, 1)) - 1
+    grid[..., 1] = row * (2 / max(h - 1, 1)) - 1
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 

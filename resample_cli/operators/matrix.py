@@ -27,9 +27,9 @@ class MatrixOperator(LinearOperator):
 
     def solve(self, y, x0, lam, *, tol=1e-6, max_iter=200) -> torch.Tensor:
         m = self.matrix.to(torch.float64)
-        lam = torch.as_tensor(lam, dtype=torch.float64).reshape(-1, 1, 1).expand(x0.shape[0], 1, 1)
-        eye = torch.eye(m.shape[1], dtype=torch.float64)
-        rhs = (y.to(torch.float64) @ m + lam[:, :, 0] * x0.flatten(1).to(torch.float64)).unsqueeze(-1)
+        lam = torch.as_tensor(lam, dtype=torch.float64, device=m.device).reshape(-1, 1, 1).expand(x0.shape[0], 1, 1)
+        eye = torch.eye(m.shape[1], dtype=torch.float64, device=m.device)
+        rhs = (y.to(m) @ m + lam[:, :, 0] * x0.flatten(1).to(m)).unsqueeze(-1)
         x = torch.linalg.solve(m.T @ m + lam * eye, rhs).squeeze(-1)
         return x.reshape(x0.shape).to(x0.dtype)
 
