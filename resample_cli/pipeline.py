@@ -112,7 +112,7 @@ def _add(total: Trace, part: Trace) -> None:
 
 def _mean_per_step(chunks: list[list[list[float | None]]]) -> list[float]:
     """The mean over samples of the RMS residual after each data-consistency step."""
-    steps = zip(*chunks)  # each: one list of per-image values per chunk
+    steps = zip(*chunks, strict=True)  # each: one list of per-image values per chunk
     return [_mean([v for chunk in step for v in chunk if v is not None]) for step in steps]
 
 

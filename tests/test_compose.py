@@ -37,7 +37,9 @@ def test_solve_matches_the_dense_regularised_least_squares():
     y = torch.randn(1, 5, generator=g, dtype=torch.float64)
     lam = 0.3
     n = a.shape[1]
-    expected = torch.linalg.solve(a.T @ a + lam * torch.eye(n, dtype=torch.float64), a.T @ y[0] + lam * x0.flatten())
+    expected = torch.linalg.solve(
+        a.T @ a + lam * torch.eye(n, dtype=torch.float64), a.T @ y[0] + lam * x0.flatten()
+    )
     assert torch.allclose(op.solve(y, x0, lam).flatten(), expected, atol=1e-10)
 
 

@@ -53,7 +53,9 @@ def test_bad_images_name_the_file(tmp_path, content, problem):
 
 
 def test_truncated_png_is_refused(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "t.png"
+    )
     data = (tmp_path / "t.png").read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="not a readable image"):

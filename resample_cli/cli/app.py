@@ -51,7 +51,10 @@ def _param(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Pa
 INPUTS = inspect.Parameter(
     "inputs",
     inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    annotation=Annotated[list[Path], typer.Argument(help="Input files, folders or glob patterns.", show_default=False, metavar="INPUT...")],
+    annotation=Annotated[
+        list[Path],
+        typer.Argument(help="Input files, folders or glob patterns.", show_default=False, metavar="INPUT..."),
+    ],
 )
 
 
@@ -77,21 +80,35 @@ def restoring_command(name: str, help_text: str, task_parameters: list[inspect.P
     "deblur",
     "Deblur images: Gaussian blur of std --sigma (pixels), or a motion-blur kernel read from --kernel.",
     [
-        _param("sigma", Annotated[float, typer.Option(callback=positive, help="Gaussian blur std in pixels (> 0).")], 3.0),
-        _param("kernel_size", Annotated[int, typer.Option(min=1, help="Gaussian kernel width in pixels (odd).")], 61),
-        _param("kernel", Annotated[Path | None, typer.Option(
-            help="Blur kernel file (.npy or image), scaled to sum 1; replaces --sigma.")], None),
+        _param(
+            "sigma",
+            Annotated[float, typer.Option(callback=positive, help="Gaussian blur std in pixels (> 0).")],
+            3.0,
+        ),
+        _param(
+            "kernel_size",
+            Annotated[int, typer.Option(min=1, help="Gaussian kernel width in pixels (odd).")],
+            61,
+        ),
+        _param(
+            "kernel",
+            Annotated[
+                Path | None,
+                typer.Option(help="Blur kernel file (.npy or image), scaled to sum 1; replaces --sigma."),
+            ],
+            None,
+        ),
     ],
 )
 def deblur(*, inputs, sigma, kernel_size, kernel, common):
-    if kernel_size % 2 == 0:
-        raise typer.BadParameter(f"must be odd, got {kernel_size}", param_hint="--kernel-size")
-    try:
-        op = blur_operator(sigma, kernel_size, kernel)
-    except InputError as err:
-        raise typer.BadParameter(str(err), param_hint="--kernel") from None
+    op = blur_operator(sigma, kernel_size, kernel)
     return run_restore(
-        "deblur", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op), ImageWriter(), common,
+        "deblur",
+        inputs,
+        IMAGE_INPUTS,
+        lambda p: image_measurement(p, lambda hw: op),
+        ImageWriter(),
+        common,
         DEFAULT_MODEL,
     )
 
@@ -104,7 +121,12 @@ def deblur(*, inputs, sigma, kernel_size, kernel, common):
 def superres(*, inputs, scale, common):
     op = BicubicDownsample(scale)
     return run_restore(
-        "superres", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op, scale), ImageWriter(), common,
+        "superres",
+        inputs,
+        IMAGE_INPUTS,
+        lambda p: image_measurement(p, lambda hw: op, scale),
+        ImageWriter(),
+        common,
         DEFAULT_MODEL,
     )
 
@@ -113,9 +135,17 @@ def superres(*, inputs, scale, common):
     "inpaint",
     "Fill in the missing pixels of images given a mask (white / 1 = observed).",
     [
-        _param("mask", Annotated[Path, typer.Option(
-            help="Mask image (white = observed) or .npy bool/0-1 array; or a folder of masks matched by name "
-            "(NAME.mask.png or NAME.png).", show_default=False)]),
+        _param(
+            "mask",
+            Annotated[
+                Path,
+                typer.Option(
+                    help="Mask image (white = observed) or .npy bool/0-1 array; or a folder of masks matched by name "
+                    "(NAME.mask.png or NAME.png).",
+                    show_default=False,
+                ),
+            ],
+        ),
     ],
 )
 def inpaint(*, inputs, mask, common):
@@ -129,12 +159,27 @@ def inpaint(*, inputs, mask, common):
     "nonlinear-deblur",
     "Deblur images through a nonlinear forward model: the built-in nonlinear blur, or your own module.",
     [
-        _param("operator", Annotated[str | None, typer.Option(
-            help="Forward model as 'package.module:Class' (a differentiable torch module on [0, 1] images). "
-            "[default: the built-in NonlinearBlur]")], None),
-        _param("operator_arg", Annotated[list[str] | None, typer.Option(
-            help="key=value keyword argument for the operator (repeatable; values parsed as JSON when possible).")],
-            None),
+        _param(
+            "operator",
+            Annotated[
+                str | None,
+                typer.Option(
+                    help="Forward model as 'package.module:Class' (a differentiable torch module on [0, 1] images). "
+                    "[default: the built-in NonlinearBlur]"
+                ),
+            ],
+            None,
+        ),
+        _param(
+            "operator_arg",
+            Annotated[
+                list[str] | None,
+                typer.Option(
+                    help="key=value keyword argument for the operator (repeatable; values parsed as JSON when possible)."
+                ),
+            ],
+            None,
+        ),
     ],
 )
 def nonlinear_deblur(*, inputs, operator, operator_arg, common):
@@ -143,8 +188,13 @@ def nonlinear_deblur(*, inputs, operator, operator_arg, common):
     except (ValueError, ImportError, TypeError) as err:
         raise typer.BadParameter(str(err), param_hint="--operator") from None
     return run_restore(
-        "nonlinear-deblur", inputs, IMAGE_INPUTS, lambda p: image_measurement(p, lambda hw: op), ImageWriter(),
-        common, DEFAULT_MODEL,
+        "nonlinear-deblur",
+        inputs,
+        IMAGE_INPUTS,
+        lambda p: image_measurement(p, lambda hw: op),
+        ImageWriter(),
+        common,
+        DEFAULT_MODEL,
     )
 
 
@@ -163,19 +213,60 @@ class SinoLayout(str, Enum):
     "Reconstruct sparse-view parallel-beam CT from sinograms (.npy 2-D, or .npz with 'sinogram' and optional "
     "'angles').",
     [
-        _param("angles", Annotated[int | None, typer.Option(
-            min=1, help="Number of projection angles, equally spaced over [0, 180) degrees.")], None),
-        _param("angles_file", Annotated[Path | None, typer.Option(
-            help="Text or .npy file of the projection angles (one per sinogram row).")], None),
-        _param("angle_unit", Annotated[AngleUnit, typer.Option(help="Unit of --angles-file and .npz angles.")],
-               AngleUnit.deg),
-        _param("layout", Annotated[SinoLayout | None, typer.Option(
-            help="Sinogram axis order; inferred from the angle count when unambiguous. scikit-image's radon "
-            "returns det-first.")], None),
-        _param("image_size", Annotated[int | None, typer.Option(
-            min=2, help="Reconstructed image width in pixels. [default: the detector count]")], None),
-        _param("dicom_template", Annotated[Path | None, typer.Option(
-            help="CT DICOM slice whose patient and study tags the derived DICOM output copies.")], None),
+        _param(
+            "angles",
+            Annotated[
+                int | None,
+                typer.Option(
+                    min=1, help="Number of projection angles, equally spaced over [0, 180) degrees."
+                ),
+            ],
+            None,
+        ),
+        _param(
+            "angles_file",
+            Annotated[
+                Path | None,
+                typer.Option(help="Text or .npy file of the projection angles (one per sinogram row)."),
+            ],
+            None,
+        ),
+        _param(
+            "angle_unit",
+            Annotated[AngleUnit, typer.Option(help="Unit of --angles-file and .npz angles.")],
+            AngleUnit.deg,
+        ),
+        _param(
+            "layout",
+            Annotated[
+                SinoLayout | None,
+                typer.Option(
+                    help="Sinogram axis order; inferred from the angle count when unambiguous. scikit-image's radon "
+                    "returns det-first."
+                ),
+            ],
+            None,
+        ),
+        _param(
+            "image_size",
+            Annotated[
+                int | None,
+                typer.Option(
+                    min=2, help="Reconstructed image width in pixels. [default: the detector count]"
+                ),
+            ],
+            None,
+        ),
+        _param(
+            "dicom_template",
+            Annotated[
+                Path | None,
+                typer.Option(
+                    help="CT DICOM slice whose patient and study tags the derived DICOM output copies."
+                ),
+            ],
+            None,
+        ),
     ],
 )
 def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_template, common):
@@ -188,8 +279,12 @@ def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_tem
 
     def prepare(path: Path) -> Measurement:
         sino = read_sinogram(
-            path, angles=angle_values, n_angles=angles, angle_unit=angle_unit.value,
+            path,
+            angles=angle_values,
+            n_angles=angles,
+            angle_unit=angle_unit.value,
             layout=None if layout is None else layout.value,
+            angles_source=None if angles_file is None else str(angles_file),
         )
         n_det = sino.data.shape[1]
         size = image_size or n_det
@@ -199,7 +294,13 @@ def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_tem
         return Measurement(y, op, (1, size, size), 16, extra)
 
     return run_restore(
-        "ct", inputs, {".npy", ".npz"}, prepare, CTWriter(dicom_template), common, DEFAULT_MODEL,
+        "ct",
+        inputs,
+        {".npy", ".npz"},
+        prepare,
+        CTWriter(dicom_template),
+        common,
+        DEFAULT_MODEL,
         read_reference=lambda p: read_clean_ct(p).data,
     )
 
@@ -212,6 +313,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Restore images and reconstruct sparse-view CT with latent diffusion priors (ReSample)."""

@@ -35,6 +35,15 @@ class Output:
     def warn(self, message: str) -> None:
         self.err.print(Text(f"warning: {message}", style="yellow"))
 
+    def summary(self, failures: list[str]) -> int:
+        """Name every failed input at the end of a batch; return the exit code."""
+        if not failures:
+            return 0
+        self.err.print(f"{len(failures)} input(s) failed:")
+        for line in failures:
+            self.err.print(Text(f"  {line}"))
+        return 1
+
     def record(self, obj: dict) -> None:
         if self.json_lines:
             sys.stdout.write(json.dumps(obj) + "\n")

@@ -30,12 +30,19 @@ def list_models(
     """List the registry's models and whether each is available offline."""
     entries = load_registry()
     if json_out:
-        typer.echo(json.dumps({name: {**_entry_dict(e), "cached": _cached(name)} for name, e in entries.items()}))
+        typer.echo(
+            json.dumps({name: {**_entry_dict(e), "cached": _cached(name)} for name, e in entries.items()})
+        )
         return
     table = Table("name", "kind", "source", "resolution", "channels", "available offline at")
     for name, e in entries.items():
         table.add_row(
-            name, e.kind, e.repo or str(e.path), str(e.resolution or "?"), str(e.channels or "?"), _cached(name)
+            name,
+            e.kind,
+            e.repo or str(e.path),
+            str(e.resolution or "?"),
+            str(e.channels or "?"),
+            _cached(name),
         )
     Console().print(table)
 
@@ -48,14 +55,20 @@ def info(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
     except PriorError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    for key, value in {**_entry_dict(entry), "cached": _cached(name), "hub_cache": constants.HF_HUB_CACHE}.items():
+    for key, value in {
+        **_entry_dict(entry),
+        "cached": _cached(name),
+        "hub_cache": constants.HF_HUB_CACHE,
+    }.items():
         typer.echo(f"{key:14} {value}")
 
 
 @models_app.command("download")
 def download(
     name: Annotated[str, typer.Argument(help="Registry name or Hub repo id.")],
-    revision: Annotated[str | None, typer.Option(help="Commit, branch or tag [default: the pinned one].")] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Commit, branch or tag [default: the pinned one].")
+    ] = None,
 ) -> None:
     """Fetch a model into the Hugging Face cache so later runs work offline."""
     try:

@@ -129,6 +129,7 @@ def run_restore(
                     measurement = prepare(source)
                 for w in caught:
                     out.warn(str(w.message))
+                _check_shapes(source, measurement)
                 reference = None
                 if common.reference is not None:
                     ref_path = common.reference
@@ -197,12 +198,26 @@ def run_restore(
                 )
             _advance(bar, files_bar)
     out.log(f"{written} written, {skipped} skipped, {len(failures)} failed")
-    if failures:
-        out.err.print(f"{len(failures)} input(s) failed:")
-        for line in failures:
-            out.err.print(f"  {line}", highlight=False, markup=False)
-        return 1
-    return 0
+    return out.summary(failures)
+
+
+def _check_shapes(source: Path, measurement: Measurement) -> None:
+    """Probe the forward model once on a blank image, so that one whose output does not
+    fit the measurement (a user's --operator, most often) fails here in one line, not
+    deep inside the solver."""
+    shape = "x".join(str(n) for n in measurement.image_shape)
+    try:
+        with torch.no_grad():
+            fit = measurement.operator(torch.zeros(1, *measurement.image_shape))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(source, f"the forward model fails on a {shape} image ({first})") from None
+    if fit.shape != measurement.y.shape:
+        raise InputError(
+            source,
+            f"the forward model maps a {shape} image to shape {tuple(fit.shape[1:])}, "
+            f"but the measurement has shape {tuple(measurement.y.shape[1:])}",
+        )
 
 
 def _auxiliary_paths(source: Path, common: CommonOptions) -> dict[str, Path]:

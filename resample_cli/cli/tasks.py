@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 
 from ..io.ct import hu_to_unit, read_dicom_hu, unit_to_hu, write_derived_dicom
 from ..io.errors import InputError
@@ -49,9 +50,15 @@ def read_kernel(path: Path) -> np.ndarray:
 
 
 def blur_operator(sigma: float, kernel_size: int, kernel: Path | None) -> Blur:
-    if kernel is not None:
+    """The blur the deblur options describe; bad options are usage errors (exit 2)."""
+    if kernel_size % 2 == 0:
+        raise typer.BadParameter(f"must be odd, got {kernel_size}", param_hint="--kernel-size")
+    if kernel is None:
+        return GaussianBlur(sigma, kernel_size)
+    try:
         return Blur(torch.from_numpy(read_kernel(kernel)))
-    return GaussianBlur(sigma, kernel_size)
+    except InputError as err:
+        raise typer.BadParameter(str(err), param_hint="--kernel") from None
 
 
 # --- inpainting -------------------------------------------------------------

@@ -18,11 +18,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        tmp.chmod(_file_mode())
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

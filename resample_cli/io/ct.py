@@ -51,12 +51,14 @@ def read_sinogram(
     n_angles: int | None = None,
     angle_unit: Literal["deg", "rad"] = "deg",
     layout: Layout | None = None,
+    angles_source: str | None = None,
 ) -> Sinogram:
     """Read a 2-D sinogram from ``.npy`` or ``.npz`` (keys ``sinogram``, optional
     ``angles`` and ``det_spacing``). Angles come from the file, else ``angles``, else
     ``n_angles`` equally spaced. The layout is taken from ``layout`` or inferred from
     which axis has as many entries as there are angles; a square sinogram whose both
-    axes match is refused as ambiguous."""
+    axes match is refused as ambiguous. ``angles_source`` (e.g. the angles file) is
+    named in a count mismatch, since either file may be the wrong one."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -68,7 +70,7 @@ def read_sinogram(
     if sino.ndim != 2:
         raise InputError(path, f"sinogram has shape {sino.shape}; expected a 2-D array (angles, detectors)")
     if file_angles is not None:
-        angles = file_angles
+        angles, angles_source = file_angles, None
     if angles is not None:
         angles = np.asarray(angles, dtype=np.float64).ravel()
         if angle_unit == "rad":
@@ -78,19 +80,20 @@ def read_sinogram(
     else:
         raise InputError(path, "no angles: give --angles N, --angles-file, or an 'angles' key in the .npz")
     n = len(angles)
-    layout = layout or _infer_layout(path, sino.shape, n)
+    given = f"{n} angles" + (f" (from {angles_source})" if angles_source else "")
+    layout = layout or _infer_layout(path, sino.shape, n, given)
     if layout == "det-first":
         sino = sino.T
     if sino.shape[0] != n:
         raise InputError(
             path,
             f"sinogram {'(det-first) ' if layout == 'det-first' else ''}has {sino.shape[0]} "
-            f"angle rows but {n} angles were given",
+            f"angle rows but {given} were given",
         )
     return Sinogram(np.ascontiguousarray(sino, dtype=np.float32), angles, path)
 
 
-def _infer_layout(path: Path, shape: tuple[int, int], n: int) -> Layout:
+def _infer_layout(path: Path, shape: tuple[int, int], n: int, given: str) -> Layout:
     rows, cols = shape
     if rows == n and cols == n:
         raise InputError(
@@ -104,7 +107,7 @@ def _infer_layout(path: Path, shape: tuple[int, int], n: int) -> Layout:
         return "det-first"
     raise InputError(
         path,
-        f"sinogram shape {shape} does not match {n} angles on either axis; check --angles or --angles-file",
+        f"sinogram shape {shape} does not match {given} on either axis; check --angles or --angles-file",
     )
 
 

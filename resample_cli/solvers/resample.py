@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from ..operators.base import LinearOperator, Operator
+from ..operators.base import Operator
 from ..priors.base import LatentPrior
 from .consistency import Fit, StopRule, fit_latent, fit_pixels_adam, fit_pixels_discrepancy, per_sample_mse
 from .ddim import ddim_sigma, ddim_step, randn_like, resample_variance, stochastic_resample, tweedie
@@ -242,6 +242,7 @@ def _lookahead(net, z, timesteps, i, k, abar_after):
 
 
 def _pixel_fit(net, operator, y, x_init, config, sigma_y, stop) -> Fit:
-    if config.pixel_solver == "operator" and isinstance(operator, LinearOperator):
+    # ``linear``, not the class: wrappers such as Cropped are linear only when their inner operator is.
+    if config.pixel_solver == "operator" and operator.linear:
         return fit_pixels_discrepancy(operator, y, x_init.detach(), config.tau * sigma_y)
     return fit_pixels_adam(operator, y, x_init, iters=config.pixel_iters, lr=config.pixel_lr, stop=stop)
