@@ -27,7 +27,11 @@ class MatrixOperator(LinearOperator):
 
     def solve(self, y, x0, lam, *, tol=1e-6, max_iter=200) -> torch.Tensor:
         m = self.matrix.to(torch.float64)
-        lam = torch.as_tensor(lam, dtype=torch.float64, device=m.device).reshape(-1, 1, 1).expand(x0.shape[0], 1, 1)
+        lam = (
+            torch.as_tensor(lam, dtype=torch.float64, device=m.device)
+            .reshape(-1, 1, 1)
+            .expand(x0.shape[0], 1, 1)
+        )
         eye = torch.eye(m.shape[1], dtype=torch.float64, device=m.device)
         rhs = (y.to(m) @ m + lam[:, :, 0] * x0.flatten(1).to(m)).unsqueeze(-1)
         x = torch.linalg.solve(m.T @ m + lam * eye, rhs).squeeze(-1)
