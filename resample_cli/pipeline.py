@@ -86,7 +86,7 @@ def restore(
     mean = x.mean(0)
     with torch.no_grad():
         fit = operator.to(prior.device)(mean[None])
-    m = y[0].numel()
+    m = operator.measurement_count(y)
     rms = float((y - fit).pow(2).sum().sqrt()) / math.sqrt(m)
     residual = residual_summary(rms, sigma_y, float(y.norm()), m, _mean_per_step(per_step))
     std = x.std(0) if samples > 1 else None

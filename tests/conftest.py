@@ -236,19 +236,25 @@ def check_report(
 
 
 def check_residual(
-    report: dict, y: np.ndarray | torch.Tensor, fit: np.ndarray | torch.Tensor, atol: float
+    report: dict,
+    y: np.ndarray | torch.Tensor,
+    fit: np.ndarray | torch.Tensor,
+    atol: float,
+    m: int | None = None,
 ) -> None:
     """rms = ||y - A(x)|| / sqrt(m) and relative = ||y - A(x)|| / ||y||, recomputed
-    independently from the written output, within ``atol`` (the output's quantisation)."""
+    independently from the written output, within ``atol`` (the output's quantisation).
+    ``m``: the number of entries that are data (default: all of y)."""
     y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     fit = torch.as_tensor(np.asarray(fit), dtype=torch.float64)
     assert y.shape == fit.shape
     diff = (y - fit).flatten()
-    rms = float(diff.norm()) / math.sqrt(diff.numel())
+    m = diff.numel() if m is None else m
+    rms = float(diff.norm()) / math.sqrt(m)
     res = report["residual"]
     assert res["rms"] == pytest.approx(rms, abs=atol)
     # relative = rms * sqrt(m) / ||y||, so its tolerance scales the same way.
-    scale = math.sqrt(diff.numel()) / float(y.norm())
+    scale = math.sqrt(m) / float(y.norm())
     assert res["relative"] == pytest.approx(rms * scale, abs=atol * scale)
 
 

@@ -148,3 +148,28 @@ def test_same_seed_same_output_and_batches_stop_per_image():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="paper, fast"):
         ReSampleConfig.preset("slow")
+
+
+def test_only_observed_entries_count_towards_the_discrepancy_target():
+    # Inpainting of the Gaussian-mixture image: half the pixels missing. The residual RMS
+    # is over the 8 observed pixels, so the fit stops at sigma there, not at sigma * sqrt(2).
+    from resample_cli.operators import Inpainting
+
+    prior, _, _, sigma, *_ = _gaussian_problem()
+    mask = torch.zeros(4, 4)
+    mask[::2] = 1
+    op = Inpainting(mask)
+    g = torch.Generator().manual_seed(3)
+    clean = ((prior.means[1].float().reshape(1, 1, 4, 4)) + 1) / 2
+    y = op(clean + sigma * torch.randn(1, 1, 4, 4, generator=g))
+    assert op.measurement_count(y) == 8
+    r = resample(
+        y.expand(16, -1, -1, -1).clone(),
+        op,
+        prior,
+        ReSampleConfig.preset("fast", steps=40),
+        sigma_y=sigma,
+        generator=torch.Generator().manual_seed(0),
+    )
+    ratio = torch.tensor(r.trace.final_residual) / sigma
+    assert 0.7 <= ratio.mean() <= 1.2

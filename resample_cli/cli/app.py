@@ -150,7 +150,10 @@ def superres(*, inputs, scale, common):
 )
 def inpaint(*, inputs, mask, common):
     def prepare(path: Path) -> Measurement:
-        return image_measurement(path, lambda hw: inpainting_operator(mask_for(path, mask), hw, path))
+        measured = image_measurement(path, lambda hw: inpainting_operator(mask_for(path, mask), hw, path))
+        # Whatever a missing pixel holds in the file (zero, white scratches) is not data.
+        measured.y = measured.operator(measured.y)
+        return measured
 
     return run_restore("inpaint", inputs, IMAGE_INPUTS, prepare, ImageWriter(), common, DEFAULT_MODEL)
 

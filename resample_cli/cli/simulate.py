@@ -80,7 +80,10 @@ def _simulate_images(
             gen = _generator(seed, path)
             op, extras = make(clean, gen)
             with torch.no_grad():
-                y = GaussianNoise(noise)(op(to_batch(clean.data)), generator=gen)[0].numpy()
+                y = GaussianNoise(noise)(op(to_batch(clean.data)), generator=gen)
+                if isinstance(op, Inpainting):
+                    y = op(y)  # missing pixels hold no data, not noise
+            y = y[0].numpy()
             written = _write_measurement(path, output_dir, y, clean.bit_depth, npy, overwrite, extras)
             out.log(f"{path} -> {', '.join(str(p) for p in written)}")
         except (InputError, ValueError) as err:

@@ -20,6 +20,11 @@ class Operator(nn.Module):
         """JSON-serialisable parameters, for reports."""
         return {"name": type(self).__name__}
 
+    def measurement_count(self, y: torch.Tensor) -> int:
+        """m: how many entries of one measurement in ``y`` carry data. The residual RMS
+        and the discrepancy target sigma_y sqrt(m) count only these."""
+        return y[0].numel()
+
 
 class LinearOperator(Operator):
     """A linear forward model with an adjoint and a regularised least-squares solve."""

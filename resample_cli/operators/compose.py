@@ -48,6 +48,9 @@ class Cropped(LinearOperator):
     def params(self) -> dict:
         return self.inner.params()
 
+    def measurement_count(self, y: torch.Tensor) -> int:
+        return self.inner.measurement_count(y)
+
 
 class ChannelMean(LinearOperator):
     """A(mean over channels of x): a grey measurement of a colour image, so that a
@@ -75,6 +78,9 @@ class ChannelMean(LinearOperator):
 
     def params(self) -> dict:
         return self.inner.params()
+
+    def measurement_count(self, y: torch.Tensor) -> int:
+        return self.inner.measurement_count(y)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:

@@ -12,7 +12,8 @@ class Inpainting(LinearOperator):
     """y = mask * x, full size, zero where a pixel is missing (mask 1 = observed, 0 = missing).
 
     ``mask`` is (H, W), (1, 1, H, W), (N, 1, H, W) or (N, C, H, W) and broadcasts over the
-    batch and channels.
+    batch and channels. A measurement should be zero where the mask is (``op(y)`` makes
+    it so): only the observed entries count as data (``measurement_count``).
     """
 
     def __init__(self, mask: torch.Tensor | np.ndarray) -> None:
@@ -33,6 +34,10 @@ class Inpainting(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mask(x) * x
+
+    def measurement_count(self, y: torch.Tensor) -> int:
+        """Only observed pixels are measurements; missing ones are zero in ``forward``."""
+        return int(self._mask(y[:1]).expand_as(y[:1]).sum())
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._mask(y) * y

@@ -151,7 +151,10 @@ def resample(
     net = CountingPrior(prior, trace, autocast)
     n = y.shape[0]
     h, w = image_size or tuple(y.shape[-2:])
-    target_mse = (config.tau * sigma_y) ** 2 if config.stop == "discrepancy" else config.stop_mse
+    # The solves work with the mean over all entries of y; only a fraction carries data
+    # (inpainting: the observed pixels), so targets and reported RMS values are rescaled.
+    observed = operator.measurement_count(y) / y[0].numel()
+    target_mse = (config.tau * sigma_y) ** 2 * observed if config.stop == "discrepancy" else config.stop_mse
     stop = StopRule(target_mse, config.plateau)
     timesteps = prior.timesteps(config.steps)
     abar = prior.alphas_cumprod
@@ -161,9 +164,10 @@ def resample(
         return float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else prior.final_alpha_cumprod
 
     def record(fit: Fit) -> list[float]:
-        trace.residual_per_dc_step.append(fit.rms.tolist())
+        rms = (fit.rms / math.sqrt(observed)).tolist()
+        trace.residual_per_dc_step.append(rms)
         trace.dc_iterations.append(fit.iterations.tolist())
-        return fit.rms.tolist()
+        return rms
 
     with counting_operator_calls(operator, trace), trace.stage("total"):
         z = randn_like(torch.empty(n, *prior.latent_shape(h, w), device=prior.device), generator)
@@ -179,7 +183,9 @@ def resample(
                         z0hat = _lookahead(net, z_prev, timesteps, i, config.lookahead, abar_after)
                 with trace.stage(stage):
                     if stage == "pixel":
-                        fit = _pixel_fit(net, operator, y, net.decode(z0hat), config, sigma_y, stop)
+                        fit = _pixel_fit(
+                            net, operator, y, net.decode(z0hat), config, sigma_y * math.sqrt(observed), stop
+                        )
                         z0y = net.encode(fit.value)
                     else:
                         fit = fit_latent(
@@ -206,7 +212,7 @@ def resample(
                 z = fit.value
         with torch.no_grad():
             x = net.decode(z).clamp(0, 1)
-            trace.final_residual = per_sample_mse(operator(x), y).sqrt().tolist()
+            trace.final_residual = (per_sample_mse(operator(x), y) / observed).sqrt().tolist()
     return Result(x, z, trace)
 
 
