@@ -29,6 +29,7 @@ from .tasks import (
     read_clean_ct,
     to_batch,
 )
+from .train import train_prior
 
 app = typer.Typer(
     name="resample",
@@ -39,6 +40,7 @@ app = typer.Typer(
 )
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(models_app, name="models")
+app.command("train-prior")(train_prior)
 
 DEFAULT_MODEL = "celebahq"
 KW = inspect.Parameter.KEYWORD_ONLY

@@ -1,0 +1,145 @@
+"""The ``model_card.md`` a training run writes beside the prior."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+import torch
+
+from .config import BETA_END, BETA_SCHEDULE, BETA_START, TrainConfig
+
+if TYPE_CHECKING:
+    from .train import TrainResult
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _rate(steps: int, seconds: float) -> str:
+    return f" ({steps / seconds:.3g} it/s)" if steps and seconds > 0 else ""
+
+
+def model_card(
+    config: TrainConfig,
+    result: TrainResult,
+    *,
+    source: str,
+    stage_s: dict[str, float],
+    command: str | None,
+    autoencoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    scheduler_config: dict[str, Any],
+    device: torch.device,
+) -> str:
+    ae_kind = type(autoencoder).__name__
+    ae_folder = "vqvae" if ae_kind == "VQModel" else "vae"
+    ae_cfg, unet_cfg = autoencoder.config, unet.config
+    factor = 2 ** (len(ae_cfg.block_out_channels) - 1)
+    latent = result.latent_scale
+    losses = result.final_losses
+    schedule = (
+        f"{scheduler_config.get('num_train_timesteps')} steps, {scheduler_config.get('beta_schedule')} betas "
+        f"{scheduler_config.get('beta_start')}..{scheduler_config.get('beta_end')}, "
+        f"prediction {scheduler_config.get('prediction_type')}"
+    )
+    ae_loss = (
+        f"L1 + {config.kl_weight:g} x KL (per-element means)"
+        if ae_kind == "AutoencoderKL"
+        else "L1 + VQ codebook/commitment loss"
+    )
+    lines = [
+        f"# Latent diffusion prior: {config.output.name}",
+        "",
+        f"Trained with `resample train-prior` on {datetime.date.today().isoformat()}"
+        + (f", fine-tuned from `{config.base}`" if config.base else "")
+        + ". Load it with `load_prior(folder)` or `--model FOLDER`.",
+        "",
+    ]
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    lines += [
+        "## Data",
+        "",
+        source,
+        "",
+        "## Model",
+        "",
+        "| part | folder | details | parameters |",
+        "|---|---|---|---|",
+        f"| autoencoder | `{ae_folder}/` | {ae_kind}, widths {list(ae_cfg.block_out_channels)}, "
+        f"{ae_cfg.layers_per_block} layer(s) per block, downsampling factor {factor}, latent "
+        f"{ae_cfg.latent_channels} x {config.resolution // factor} x {config.resolution // factor} "
+        f"at {config.resolution} x {config.resolution}, scaling_factor {latent:.6g} | {_count(autoencoder):,} |",
+        f"| denoiser | `unet/` | UNet2DModel (EMA weights, decay {config.ema}), widths "
+        f"{list(unet_cfg.block_out_channels)}, blocks {list(unet_cfg.down_block_types)}, "
+        f"{unet_cfg.layers_per_block} layer(s) per block | {_count(unet):,} |",
+        f"| schedule | `scheduler/` | DDIMScheduler: {schedule} | |",
+        "",
+        f"Weights: {result.weights_bytes / 1e6:.2f} MB of safetensors. Images in [0, 1] map to the "
+        "autoencoder's [-1, 1]; latents are multiplied by the scaling factor (1 / std of training latents) "
+        "before diffusion.",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| seed | {config.seed} |",
+        f"| autoencoder | {result.ae_steps} steps, batch {config.batch_size}, loss {ae_loss} |",
+        f"| UNet | {result.unet_steps} steps, batch {config.unet_batch}, noise-prediction MSE |",
+        f"| optimiser | AdamW, lr {config.lr:g} (UNet {config.stage_lr('unet'):g}), {config.warmup_steps} warm-up "
+        f"steps then cosine to x{config.min_lr_ratio:g}, gradient norm clipped at {config.grad_clip:g} |",
+        f"| latent pool | {config.latent_pool or 'none (every batch encoded afresh)'} |",
+        f"| device | {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, {platform.machine()} |",
+        f"| wall time | {_duration(result.wall_time_s)} in all; optimiser steps: autoencoder "
+        f"{_duration(stage_s.get('autoencoder', 0.0))}{_rate(result.ae_steps, stage_s.get('autoencoder', 0.0))}, "
+        f"UNet {_duration(stage_s.get('unet', 0.0))}{_rate(result.unet_steps, stage_s.get('unet', 0.0))} |",
+        "",
+        "## Results",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    if "autoencoder" in losses:
+        lines.append(
+            f"| final autoencoder training loss (mean of the last 100 steps) | {losses['autoencoder']:.5f} |"
+        )
+    lines.append(f"| autoencoder reconstruction PSNR, 64 held-out images | {result.ae_psnr:.2f} dB |")
+    if "unet" in losses:
+        lines.append(
+            f"| final UNet training loss (noise MSE, mean of the last 100 steps) | {losses['unet']:.5f} |"
+        )
+    if not result.unet_steps:
+        lines += ["", "**The UNet is untrained (0 steps): this folder is not a usable prior yet.**"]
+    grid = result.sample_grid.relative_to(config.output)
+    lines += [
+        "",
+        f"Samples ({'DDIM, ' + str(config.sample_steps) + ' steps, EMA UNet' if result.unet_steps else 'autoencoder reconstructions'}): "
+        f"`{grid.as_posix()}`",
+        "",
+        f"![samples]({grid.as_posix()})",
+        "",
+        "Per-step losses: `losses.csv`.",
+        "",
+        "## All settings",
+        "",
+        "```json",
+        json.dumps(config.to_json(), indent=2),
+        "```",
+        "",
+        f"New priors use the DDPM schedule of CompVis/ldm-celebahq-256 ({BETA_SCHEDULE}, "
+        f"{BETA_START}..{BETA_END}); a fine-tuned prior keeps its base's.",
+        "",
+    ]
+    return "\n".join(lines)

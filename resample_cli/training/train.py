@@ -1,0 +1,554 @@
+"""Training a latent diffusion prior in two stages, with checkpoints and resumption.
+
+(a) The autoencoder learns to reconstruct training images in [-1, 1] (L1 loss plus a small
+KL term, or the VQ codebook/commitment loss). (b) With the autoencoder frozen, the latent
+scale is set to 1 / std of training latents (the KL posterior mean, or the VQ encoder's
+output before quantisation: what ``LatentPrior.encode`` returns), and a ``UNet2DModel`` learns
+to predict the noise added to scaled latents at uniformly drawn timesteps of the DDPM
+schedule (MSE). An exponential moving average of its weights is what gets saved.
+
+Every ``checkpoint_every`` steps (and at the end of each stage) a checkpoint is written
+(see ``checkpoints``) with a sample grid in ``OUT/samples/``; ``resume=True`` picks up the
+newest checkpoint with the model weights, optimiser, EMA, step counts and random number
+generators as they were, so an interrupted run continues as if it had not stopped. At the end
+the prior is saved in the diffusers layout (``vae/`` or ``vqvae/``, ``unet/``, ``scheduler/``)
+with a ``model_card.md``.
+
+The library never prints: progress goes to ``callback`` (see ``TrainProgress``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel, VQModel
+
+from ..io.atomic import write_text_atomic
+from ..io.images import write_image
+from . import card
+from .checkpoints import (
+    CHECKPOINTS,
+    Checkpoint,
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial,
+    save_checkpoint,
+)
+from .config import ARCHITECTURE_FIELDS, TrainConfig, TrainingError, TrainProgress, learning_rate
+from .data import FolderSource, ImageSource, SyntheticSource
+from .models import (
+    autoencoder_from_config,
+    from_base,
+    latent_channels,
+    new_autoencoder,
+    new_scheduler,
+    new_unet,
+    plain_config,
+    save_diffusers_layout,
+)
+
+Callback = Callable[[TrainProgress], None]
+STAGES = ("autoencoder", "unet")
+SCALE_IMAGES = 256  # training images encoded to measure the latent standard deviation
+HOLDOUT_IMAGES = 64  # held-out images for the autoencoder's final reconstruction PSNR
+FINAL_WINDOW = 100  # final losses are means over this many last steps of a stage
+# Offsets of the seed for the generators beside the training stream, so that measuring the
+# latent scale, building the latent pool or drawing sample grids never shifts it.
+_SCALE_SEED, _POOL_SEED, _SAMPLE_SEED, _HOLDOUT_SEED = 101, 102, 103, 104
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced. Losses are means over the last steps of each stage."""
+
+    output: Path
+    steps: int
+    ae_steps: int
+    unet_steps: int
+    latent_scale: float
+    final_losses: dict[str, float]
+    ae_psnr: float  # autoencoder reconstruction PSNR (dB) of held-out images, [0, 1] units
+    wall_time_s: float
+    sample_grid: Path
+    model_card: Path
+    weights_bytes: int  # the saved safetensors files together
+
+
+def make_source(config: TrainConfig, channels: int | None = None) -> ImageSource:
+    """The data source ``config`` names, with ``channels`` (or the config's, or the data's default)."""
+    channels = channels or config.channels
+    if config.synthetic is not None:
+        default = 1 if config.synthetic == "ellipses" else 3
+        return SyntheticSource(config.synthetic, config.resolution, channels or default)
+    return FolderSource(config.data, config.resolution, channels)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device cuda was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def train_prior(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    callback: Callback | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a prior as ``config`` says and save it under ``config.output``.
+
+    ``resume``: continue from the newest checkpoint in ``OUT/checkpoints/`` (start afresh if
+    there is none). The networks, data and seed must be those of the checkpoint; the step
+    counts may be raised (the learning-rate schedule then stretches to the new length).
+    Without ``resume`` a folder that already holds checkpoints is refused. ``command``, when
+    given, is recorded in the model card. A ``KeyboardInterrupt`` (Ctrl-C) propagates; the
+    newest checkpoint stays usable.
+    """
+    config.validate()
+    out = config.output
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"output {out} exists and is not a folder")
+    root = out / CHECKPOINTS
+    remove_partial(root)
+    found = latest_checkpoint(root)
+    if found is not None and not resume:
+        raise TrainingError(
+            f"{out} already holds a training run ({found.name}); resume it (--resume) or choose another output folder"
+        )
+    run = _Run(config, load_checkpoint(found) if found is not None else None, callback, command)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and networks are in hand
+    return run.train()
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean PSNR (dB) over the batch of images in [0, 1]."""
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((-10 * torch.log10(mse)).mean())
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, ckpt: Checkpoint | None, callback: Callback | None, command):
+        self.callback = callback or (lambda progress: None)
+        self.command = command
+        self.device = resolve_device(config.device)
+        base = None
+        if ckpt is not None:
+            _check_compatible(ckpt, config)
+            channels = ckpt.config["channels"]
+        elif config.base is not None:
+            base = from_base(config.base)
+            channels = base[0].config.in_channels
+            if config.channels is not None and config.channels != channels:
+                raise TrainingError(
+                    f"the base prior has {channels}-channel images; channels {config.channels} cannot be trained"
+                )
+            multiple = 2 ** (len(base[0].config.block_out_channels) - 1) * 2 ** (
+                len(base[1].config.block_out_channels) - 1
+            )
+            if config.resolution % multiple:
+                raise TrainingError(
+                    f"resolution {config.resolution} must be a multiple of {multiple} for this base"
+                )
+        else:
+            channels = config.channels
+        self.source = make_source(config, channels)
+        self.config = config = dataclasses.replace(config, channels=self.source.channels)
+        self.state = ckpt.state if ckpt else TrainState()
+
+        with torch.random.fork_rng(devices=[]):  # weight init from the seed, the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            if ckpt is not None:
+                self.ae = autoencoder_from_config(ckpt.autoencoder_class, ckpt.autoencoder_config)
+                self.unet = UNet2DModel.from_config(ckpt.unet_config)
+                self.scheduler = DDIMScheduler.from_config(ckpt.scheduler_config)
+            elif base is not None:
+                self.ae, self.unet, self.scheduler, self.state.latent_scale = base
+            else:
+                self.ae = new_autoencoder(config, config.channels)
+                self.unet = new_unet(config)
+                self.scheduler = new_scheduler()
+        if ckpt is not None:
+            self.ae.load_state_dict(ckpt.autoencoder)
+            self.unet.load_state_dict(ckpt.unet)
+        self.ae.to(self.device)
+        self.unet.to(self.device)
+        self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        if ckpt is not None:
+            self.ema.load_state_dict(ckpt.unet_ema)
+        self.scheduler_config = plain_config(self.scheduler)
+        self.abar = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.prediction = self.scheduler.config.prediction_type
+
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_stage: str | None = None
+        if ckpt is not None:
+            self.data_gen.set_state(ckpt.rng["data"])
+            self.noise_gen.set_state(ckpt.rng["noise"].to(self.noise_gen.get_state().device))
+            if self._stage_in_progress() == ckpt.optimizer_stage and ckpt.optimizer:
+                self._make_optimizer(ckpt.optimizer_stage).load_state_dict(ckpt.optimizer)
+        self.pool: torch.Tensor | None = None
+        self.session_start = time.perf_counter()
+        self.elapsed_before = self.state.elapsed_s
+        self.session_steps = {stage: 0 for stage in STAGES}
+        self.session_stage_s = {stage: 0.0 for stage in STAGES}
+        self.last_checkpoint = self.state.step if ckpt else None
+        if ckpt is not None:
+            self._report("resumed", f"resumed from {ckpt.path.name} (step {self.state.step})")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        config = self.config
+        while self.state.ae_step < config.ae_steps:
+            loss = self._timed("autoencoder", self._ae_step)
+            self.state.ae_step += 1
+            self._after_step("autoencoder", loss)
+        if config.unet_steps > self.state.unet_step and self.state.latent_scale is None:
+            self._measure_latent_scale()
+        while self.state.unet_step < config.unet_steps:
+            loss = self._timed("unet", self._unet_step)
+            self.state.unet_step += 1
+            self._after_step("unet", loss)
+        if self.last_checkpoint != self.state.step:
+            self._checkpoint()
+        return self._finish()
+
+    def _stage_in_progress(self) -> str:
+        return "autoencoder" if self.state.ae_step < self.config.ae_steps else "unet"
+
+    def _timed(self, stage: str, step: Callable[[], float]) -> float:
+        start = time.perf_counter()
+        loss = step()
+        seconds = time.perf_counter() - start
+        self.state.stage_s[stage] = self.state.stage_s.get(stage, 0.0) + seconds
+        self.session_stage_s[stage] += seconds
+        self.session_steps[stage] += 1
+        return loss
+
+    def _after_step(self, stage: str, loss: float) -> None:
+        step = self.state.step
+        self.state.history.append([step, stage, loss])
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else None
+        self.callback(
+            TrainProgress(step, self.config.total_steps, stage, loss=loss, eta_s=self._eta(), lr=lr)
+        )
+        boundary = stage == "autoencoder" and self.state.ae_step == self.config.ae_steps
+        if step % self.config.checkpoint_every == 0 or boundary:
+            self._checkpoint()
+
+    def _eta(self) -> float | None:
+        """Seconds left: the remaining steps of each stage at that stage's pace in this session
+        (a stage not yet run is guessed at the current one's pace; checkpoints not counted)."""
+        rates = {s: self.session_stage_s[s] / self.session_steps[s] for s in STAGES if self.session_steps[s]}
+        if not rates:
+            return None
+        guess = next(iter(rates.values()))
+        left = {
+            "autoencoder": self.config.ae_steps - self.state.ae_step,
+            "unet": self.config.unet_steps - self.state.unet_step,
+        }
+        return sum(left[s] * rates.get(s, guess) for s in STAGES)
+
+    # -- stage (a) -----------------------------------------------------------------------------
+
+    def _images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.source.sample(n, generator).to(self.device) * 2 - 1
+
+    def _ae_step(self) -> float:
+        config = self.config
+        optimizer = self._optimizer("autoencoder")
+        self._set_lr("autoencoder", self.state.ae_step, config.ae_steps)
+        self.ae.train()
+        x = self._images(config.batch_size, self.data_gen)
+        if isinstance(self.ae, VQModel):
+            decoded = self.ae.decode(self.ae.encode(x).latents)
+            loss = (decoded.sample - x).abs().mean() + decoded.commit_loss.mean()
+        else:
+            posterior = self.ae.encode(x).latent_dist
+            z = posterior.sample(generator=self.noise_gen)
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+            loss = (self.ae.decode(z).sample - x).abs().mean() + config.kl_weight * kl
+        return self._apply(optimizer, loss, self.ae)
+
+    # -- stage (b) -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents as ``LatentPrior.encode`` makes them (KL mean; VQ before quantising)."""
+        self.ae.eval()
+        if isinstance(self.ae, VQModel):
+            return self.ae.encode(x).latents
+        return self.ae.encode(x).latent_dist.mean
+
+    def _encode_many(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        chunk = max(self.config.unet_batch, 32)
+        parts = [self._encode(self._images(min(chunk, n - i), generator)) for i in range(0, n, chunk)]
+        return torch.cat(parts)
+
+    def _measure_latent_scale(self) -> None:
+        if self.pool is None and self.config.latent_pool:
+            self._build_pool()
+        if self.pool is not None:
+            latents = self.pool
+        else:
+            latents = self._encode_many(
+                SCALE_IMAGES, torch.Generator().manual_seed(self.config.seed + _SCALE_SEED)
+            )
+        std = float(latents.float().std())
+        if not (std > 0 and math.isfinite(std)):
+            raise TrainingError(f"the autoencoder's latents have standard deviation {std}; cannot scale them")
+        self.state.latent_scale = 1.0 / std
+        self._report("latent-scale", f"latent scale 1/std = {self.state.latent_scale:.5g}")
+
+    def _build_pool(self) -> None:
+        """Encode ``latent_pool`` images once (from their own seeded stream, so a resumed run
+        rebuilds the same pool); UNet batches are then drawn from it."""
+        self._report("latent-pool", f"encoding {self.config.latent_pool} images for the latent pool")
+        gen = torch.Generator().manual_seed(self.config.seed + _POOL_SEED)
+        self.pool = self._encode_many(self.config.latent_pool, gen)
+
+    def _latents(self, n: int) -> torch.Tensor:
+        if self.config.latent_pool:
+            if self.pool is None:
+                self._build_pool()
+            pick = torch.randint(len(self.pool), (n,), generator=self.data_gen).to(self.device)
+            z = self.pool[pick]
+        else:
+            z = self._encode(self._images(n, self.data_gen))
+        return z * self.state.latent_scale
+
+    def _unet_step(self) -> float:
+        config = self.config
+        optimizer = self._optimizer("unet")
+        self._set_lr("unet", self.state.unet_step, config.unet_steps)
+        self.unet.train()
+        z0 = self._latents(config.unet_batch)
+        noise = torch.randn(z0.shape, generator=self.noise_gen, device=self.device)
+        t = torch.randint(0, len(self.abar), (z0.shape[0],), generator=self.noise_gen, device=self.device)
+        abar = self.abar[t].view(-1, 1, 1, 1)
+        zt = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        if self.prediction == "epsilon":
+            target = noise
+        elif self.prediction == "v_prediction":
+            target = abar.sqrt() * noise - (1 - abar).sqrt() * z0
+        else:  # "sample"
+            target = z0
+        loss = F.mse_loss(self.unet(zt, t).sample, target)
+        value = self._apply(optimizer, loss, self.unet)
+        decay = min(config.ema, (1 + self.state.unet_step) / (10 + self.state.unet_step))
+        with torch.no_grad():
+            for averaged, current in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
+                averaged.lerp_(current, 1 - decay)
+        return value
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        model = self.ae if stage == "autoencoder" else self.unet
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.config.stage_lr(stage), weight_decay=0.0
+        )
+        self.optimizer_stage = stage
+        return self.optimizer
+
+    def _optimizer(self, stage: str) -> torch.optim.Optimizer:
+        if self.optimizer_stage != stage:
+            return self._make_optimizer(stage)
+        return self.optimizer
+
+    def _set_lr(self, stage: str, step: int, total: int) -> None:
+        config = self.config
+        lr = learning_rate(step, total, config.stage_lr(stage), config.warmup_steps, config.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _apply(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module) -> float:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the loss became {value} at step {self.state.step + 1}; lower the learning rate "
+                "(resume from the last checkpoint with a smaller lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        optimizer.step()
+        return value
+
+    def _report(self, event: str, message: str) -> None:
+        stage = self._stage_in_progress()
+        self.callback(
+            TrainProgress(self.state.step, self.config.total_steps, stage, event=event, message=message)
+        )
+
+    # -- checkpoints, samples, the end -----------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        state = self.state
+        state.elapsed_s = self.elapsed_before + time.perf_counter() - self.session_start
+        grid = self._sample_grid(self.config.output / "samples" / f"step-{state.step:08d}.png")
+        path = save_checkpoint(
+            self.config.output / CHECKPOINTS,
+            state=state,
+            config=self.config.to_json(),
+            autoencoder=self.ae,
+            unet=self.unet,
+            unet_ema=self.ema,
+            scheduler_config=self.scheduler_config,
+            optimizer_stage=self.optimizer_stage or self._stage_in_progress(),
+            optimizer=self.optimizer,
+            rng={"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()},
+            keep=self.config.keep_checkpoints,
+        )
+        self.last_checkpoint = state.step
+        self._write_losses()
+        self._report("checkpoint", f"checkpoint {path} (samples: {grid})")
+
+    def _sample_grid(self, path: Path) -> Path:
+        """DDIM samples of the EMA UNet once it has trained; before that, autoencoder
+        reconstructions (top row originals, bottom row reconstructions)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        g = self.config.sample_grid
+        gen = torch.Generator().manual_seed(self.config.seed + _SAMPLE_SEED)
+        if self.state.unet_step == 0:
+            x = self._images(g, gen)
+            with torch.no_grad():
+                recon = self.ae.decode(self._encode(x)).sample
+            images = (torch.cat([x, recon]) + 1) / 2
+            rows = 2
+        else:
+            images = self.samples(g * g, gen)
+            rows = g
+        write_image(path, tile(images.clamp(0, 1).cpu(), rows))
+        return path
+
+    @torch.no_grad()
+    def samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images in [0, 1] from the EMA UNet: DDIM with ``sample_steps`` steps, eta 0."""
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(self.config.sample_steps)
+        size = self.config.resolution // 2 ** (len(self.ae.config.block_out_channels) - 1)
+        z = torch.randn((n, latent_channels(self.ae), size, size), generator=generator).to(self.device)
+        for t in scheduler.timesteps:
+            eps = self.ema(z, t.to(self.device)).sample
+            z = scheduler.step(eps, t, z).prev_sample
+        self.ae.eval()
+        return ((self.ae.decode(z / self.state.latent_scale).sample + 1) / 2).clamp(0, 1)
+
+    def _write_losses(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["step", "stage", "loss"])
+        writer.writerows(self.state.history)
+        write_text_atomic(self.config.output / "losses.csv", buffer.getvalue())
+
+    def final_losses(self) -> dict[str, float]:
+        out = {}
+        for stage in STAGES:
+            values = [row[2] for row in self.state.history if row[1] == stage][-FINAL_WINDOW:]
+            if values:
+                out[stage] = sum(values) / len(values)
+        return out
+
+    def _holdout_psnr(self) -> float:
+        x = self._images(HOLDOUT_IMAGES, torch.Generator().manual_seed(self.config.seed + _HOLDOUT_SEED))
+        with torch.no_grad():
+            recon = self.ae.decode(self._encode(x)).sample.clamp(-1, 1)
+        return psnr((recon + 1) / 2, (x + 1) / 2)
+
+    def _finish(self) -> TrainResult:
+        config, state, out = self.config, self.state, self.config.output
+        if state.latent_scale is None:  # no UNet stage: the saved model still needs a scale
+            self._measure_latent_scale()
+        grid = self._sample_grid(out / "samples" / "final.png")
+        ae_psnr = self._holdout_psnr()
+        save_diffusers_layout(
+            out, self.ae, self.ema, DDIMScheduler.from_config(self.scheduler_config), state.latent_scale
+        )
+        wall = self.elapsed_before + time.perf_counter() - self.session_start
+        weights = sum(p.stat().st_size for p in out.glob("*/diffusion_pytorch_model.safetensors"))
+        result = TrainResult(
+            output=out,
+            steps=state.step,
+            ae_steps=state.ae_step,
+            unet_steps=state.unet_step,
+            latent_scale=float(state.latent_scale),
+            final_losses=self.final_losses(),
+            ae_psnr=ae_psnr,
+            wall_time_s=wall,
+            sample_grid=grid,
+            model_card=out / "model_card.md",
+            weights_bytes=weights,
+        )
+        text = card.model_card(
+            config,
+            result,
+            source=self.source.describe(),
+            stage_s=state.stage_s,
+            command=self.command,
+            autoencoder=self.ae,
+            unet=self.ema,
+            scheduler_config=self.scheduler_config,
+            device=self.device,
+        )
+        write_text_atomic(result.model_card, text)
+        self._report("saved", f"saved the prior in {out} ({weights / 1e6:.2f} MB of weights)")
+        return result
+
+
+def tile(images: torch.Tensor, rows: int, gap: int = 2) -> torch.Tensor:
+    """Images (N, C, H, W) in a grid of ``rows`` rows on a white background: (C, H', W')."""
+    n, c, h, w = images.shape
+    cols = math.ceil(n / rows)
+    grid = torch.ones(c, rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        grid[:, r * (h + gap) : r * (h + gap) + h, k * (w + gap) : k * (w + gap) + w] = images[i]
+    return grid
+
+
+def _check_compatible(ckpt: Checkpoint, config: TrainConfig) -> None:
+    saved = ckpt.config
+    given = config.to_json()
+    for name in (*ARCHITECTURE_FIELDS, "seed"):
+        mine, theirs = given[name], saved.get(name)
+        if name == "channels" and mine is None:
+            continue
+        if name == "data" and mine is not None and theirs is not None:
+            mine, theirs = str(Path(mine).resolve()), str(Path(theirs).resolve())
+        if mine != theirs:
+            raise TrainingError(
+                f"the checkpoint {ckpt.path} was made with {name} = {saved.get(name)!r}, not {given[name]!r}; "
+                "resume with the same settings or train into another folder"
+            )
+    state = ckpt.state
+    if state.ae_step > config.ae_steps:
+        raise TrainingError(
+            f"the checkpoint has {state.ae_step} autoencoder steps, more than ae_steps = {config.ae_steps}"
+        )
+    if state.unet_step > 0 and state.ae_step != config.ae_steps:
+        raise TrainingError(
+            f"the checkpoint's UNet stage has begun after {state.ae_step} autoencoder steps; "
+            f"ae_steps must stay {state.ae_step}"
+        )
+    if state.unet_step > config.unet_steps:
+        raise TrainingError(
+            f"the checkpoint has {state.unet_step} UNet steps, more than unet_steps = {config.unet_steps}"
+        )
