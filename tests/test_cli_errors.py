@@ -230,6 +230,7 @@ USAGE_CASES = {
     "bad --kernel": (["deblur", "--kernel", "nokernel.npy"], "--kernel"),
     "simulate --scale 1": (["simulate", "superres", "--scale", "1"], "--scale"),
     "simulate --sigma 0": (["simulate", "deblur", "--sigma", "0"], "--sigma"),
+    "--angles and --angles-file": (["ct", "--angles", "4", "--angles-file", "in.png"], "--angles"),
 }
 
 

@@ -160,3 +160,11 @@ def test_derived_dicom_copies_patient_and_gets_new_uids(tmp_path):
     assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
     got = out.pixel_array * float(out.RescaleSlope) + float(out.RescaleIntercept)
     np.testing.assert_array_equal(got, hu)
+
+
+def test_npz_angles_must_agree_with_a_count_given_beside_them(tmp_path):
+    sino = np.zeros((25, 40), np.float32)
+    np.savez(tmp_path / "a.npz", sinogram=sino, angles=np.arange(25) * 180 / 25)
+    assert read_sinogram(tmp_path / "a.npz", n_angles=25).data.shape == (25, 40)
+    with pytest.raises(InputError, match="holds 25 angles but 30 were given"):
+        read_sinogram(tmp_path / "a.npz", n_angles=30)

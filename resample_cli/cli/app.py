@@ -276,6 +276,8 @@ class SinoLayout(str, Enum):
 )
 def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_template, common):
     angle_values = None
+    if angles is not None and angles_file is not None:
+        raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")
     if angles_file is not None:
         try:
             angle_values = read_angles_file(angles_file)

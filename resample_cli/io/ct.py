@@ -55,7 +55,7 @@ def read_sinogram(
 ) -> Sinogram:
     """Read a 2-D sinogram from ``.npy`` or ``.npz`` (keys ``sinogram``, optional
     ``angles`` and ``det_spacing``). Angles come from the file, else ``angles``, else
-    ``n_angles`` equally spaced. The layout is taken from ``layout`` or inferred from
+    ``n_angles`` equally spaced (a count given beside the file's angles must agree). The layout is taken from ``layout`` or inferred from
     which axis has as many entries as there are angles; a square sinogram whose both
     axes match is refused as ambiguous. ``angles_source`` (e.g. the angles file) is
     named in a count mismatch, since either file may be the wrong one."""
@@ -70,6 +70,12 @@ def read_sinogram(
     if sino.ndim != 2:
         raise InputError(path, f"sinogram has shape {sino.shape}; expected a 2-D array (angles, detectors)")
     if file_angles is not None:
+        # The file's own angles win, but a count given on the command line must agree.
+        asked = len(np.ravel(angles)) if angles is not None else n_angles
+        if asked is not None and asked != file_angles.size:
+            raise InputError(
+                path, f"the .npz holds {file_angles.size} angles but {asked} were given on the command line"
+            )
         angles, angles_source = file_angles, None
     if angles is not None:
         angles = np.asarray(angles, dtype=np.float64).ravel()
