@@ -19,6 +19,7 @@ COUNTERS = (
     "decoder_forward",
     "decoder_backward",
     "encoder_forward",
+    "encoder_backward",
     "operator_calls",
 )
 
@@ -101,11 +102,15 @@ class CountingPrior:
         with self._cast():
             return self.prior.encode(x * 2 - 1).float()
 
-    def count_backward(self, n: int, *, unet: bool = False, decoder: bool = False) -> None:
+    def count_backward(
+        self, n: int, *, unet: bool = False, decoder: bool = False, encoder: bool = False
+    ) -> None:
         if unet:
             self.trace.counts["unet_backward"] += n
         if decoder:
             self.trace.counts["decoder_backward"] += n
+        if encoder:
+            self.trace.counts["encoder_backward"] += n
 
 
 @contextlib.contextmanager
