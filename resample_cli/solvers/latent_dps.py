@@ -53,29 +53,18 @@ class LatentDPSConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> LatentDPSConfig:
         """A named preset, with any field overridden by keyword."""
-        return _preset(LATENT_DPS_PRESETS, name, overrides)
+        return _preset(PSLD_PRESETS if cls is PSLDConfig else LATENT_DPS_PRESETS, name, overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class PSLDConfig:
+class PSLDConfig(LatentDPSConfig):
     """Settings of a PSLD run (defaults are the ``paper`` preset): those of Latent-DPS
     (zeta is PSLD's omega) and gamma, the weight of the gluing term."""
 
-    steps: int = 1000
-    eta: float = 1.0
-    zeta: float = 1.0
     gamma: float = 0.1
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> PSLDConfig:
-        """A named preset, with any field overridden by keyword."""
-        return _preset(PSLD_PRESETS, name, overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 LATENT_DPS_PRESETS: dict[str, LatentDPSConfig] = {
