@@ -16,13 +16,14 @@ the test photographs themselves, which favours the baseline.
 ReSample runs through ``pipeline.restore`` (one sample, seed = image index), as the
 command line does. PSNR and SSIM are over the whole image, data range 1.
 
-    python benchmarks/shipped_priors.py                     # both parts, fast preset
+    python benchmarks/shipped_priors.py                     # every part, fast preset
     python benchmarks/shipped_priors.py --part ct --presets fast,paper --paper-images 1
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import time
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from resample_cli.training.data import ellipse_phantoms
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 TV_WEIGHTS = (0.3, 1.0, 3.0, 10.0)
-TIKHONOV_WEIGHTS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+TIKHONOV_WEIGHTS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 def noisy(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
@@ -183,11 +184,10 @@ def ct_part(args, rows) -> None:
     )
 
 
-def natural_part(args, rows) -> None:
-    images = photos()
-    cases = list(images.items())
+def deblur_part(args, rows) -> None:
+    cases = list(photos().items())
     prior = load_prior(args.natural_model)
-    print(f"natural images: {', '.join(images)}, prior {args.natural_model}")
+    print(f"deblurring: {', '.join(name for name, _ in cases)}, prior {args.natural_model}")
     blur = GaussianBlur(3.0, 61)
     measured = [measure(blur, x, 0.005, seed=1000 + i)[0] for i, (_, x) in enumerate(cases)]
     lam = pick_weight(
@@ -196,28 +196,30 @@ def natural_part(args, rows) -> None:
             psnr(regularised_least_squares(y, blur, w), x) for y, (_, x) in zip(measured, cases, strict=True)
         ),
     )
-    run_task(
-        "deblur",
-        cases,
-        blur,
-        0.005,
-        prior,
-        (f"tikhonov (weight {lam:g})", lambda y: regularised_least_squares(y, blur, lam)),
-        args.presets,
-        args.paper_images,
-        rows,
-    )
+    baseline = (f"tikhonov (weight {lam:g})", lambda y: regularised_least_squares(y, blur, lam))
+    run_task("deblur", cases, blur, 0.005, prior, baseline, args.presets, args.paper_images, rows)
+
+
+def superres_part(args, rows) -> None:
+    cases = list(photos().items())
+    prior = load_prior(args.natural_model)
+    print(f"super-resolution: {', '.join(name for name, _ in cases)}, prior {args.natural_model}")
+    baseline = ("bicubic", lambda y: bicubic_upsample(y, 4))
     run_task(
         "superres x4",
         cases,
         BicubicDownsample(4),
         0.005,
         prior,
-        ("bicubic", lambda y: bicubic_upsample(y, 4)),
+        baseline,
         args.presets,
         args.paper_images,
         rows,
     )
+
+
+PARTS = {"ct": (ct_part,), "deblur": (deblur_part,), "superres": (superres_part,)}
+PARTS["all"] = PARTS["ct"] + PARTS["deblur"] + PARTS["superres"]
 
 
 def summary(rows) -> str:
@@ -242,11 +244,19 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
+def read_rows(path: str) -> list[tuple]:
+    with open(path, newline="") as f:
+        return [
+            (task, method, image, float(p), float(q), float(sec), float(ratio) if ratio else None)
+            for task, method, image, p, q, sec, ratio in list(csv.reader(f))[1:]
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("ct", "natural", "all"), default="all")
+    parser.add_argument("--part", choices=tuple(PARTS), default="all")
     parser.add_argument("--presets", default="fast", help="comma-separated ReSample presets")
     parser.add_argument(
         "--paper-images",
@@ -261,19 +271,24 @@ def main() -> None:
     parser.add_argument("--natural-model", default="dead-leaves")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", default=None, help="also write every per-image row here")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="CSV", help="run nothing: print the table of these --csv files"
+    )
     args = parser.parse_args()
+    if args.merge:
+        print(summary([row for path in args.merge for row in read_rows(path)]))
+        return
     args.presets = [p for p in args.presets.split(",") if p]
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[tuple] = []
-    if args.part in ("ct", "all"):
-        ct_part(args, rows)
-    if args.part in ("natural", "all"):
-        natural_part(args, rows)
+    for part in PARTS[args.part]:
+        part(args, rows)
     if args.csv:
-        with open(args.csv, "w") as f:
-            f.write("task,method,image,psnr,ssim,seconds,residual_ratio\n")
-            f.writelines(",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("task", "method", "image", "psnr", "ssim", "seconds", "residual_ratio"))
+            writer.writerows(["" if v is None else v for v in row] for row in rows)
     print()
     print(summary(rows))
 
