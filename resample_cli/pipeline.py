@@ -16,8 +16,13 @@ from .operators.base import Operator
 from .operators.compose import ChannelMean, Cropped
 from .priors.base import LatentPrior
 from .report import REPORT_VERSION, residual_summary
-from .solvers.resample import ReSampleConfig, StepInfo, resample
+from .solvers.latent_dps import LatentDPSConfig
+from .solvers.resample import ReSampleConfig, Result, StepInfo, resample
 from .solvers.trace import Trace
+
+# ``resample``, or a baseline with its interface (``latent_dps``, ``psld``):
+# solver(y, operator, prior, config, *, sigma_y, image_size, generator, callback, autocast) -> Result.
+Solver = Callable[..., Result]
 
 
 @dataclass
@@ -37,7 +42,7 @@ def restore(
     y: torch.Tensor,
     operator: Operator,
     prior: LatentPrior,
-    config: ReSampleConfig,
+    config: ReSampleConfig | LatentDPSConfig,
     *,
     image_shape: tuple[int, int, int],
     sigma_y: float,
@@ -46,12 +51,14 @@ def restore(
     batch_size: int | None = None,
     autocast: torch.dtype | None = None,
     callback: Callable[[int, StepInfo], None] | None = None,
+    solver: Solver = resample,
 ) -> Restoration:
     """Restore one image of shape ``image_shape`` (C, H, W) from its measurement ``y``
     (batch of one). A grey image under a colour prior is measured through the channel
     mean and comes back grey; an image whose size the prior cannot take is padded and
     the padding left out of the data term. ``callback(chunk, info)`` follows progress,
-    ``chunk`` counting the batches of samples."""
+    ``chunk`` counting the batches of samples. ``solver`` runs with ``config`` (a
+    ``ReSampleConfig`` for the default ``resample``, or the chosen baseline's config)."""
     channels, height, width = image_shape
     op = _fit_channels(operator, channels, prior)
     multiple = prior.size_multiple
@@ -66,7 +73,7 @@ def restore(
     trace, xs, per_step = Trace(), [], []
     for chunk, start in enumerate(range(0, samples, batch)):
         k = min(batch, samples - start)
-        result = resample(
+        result = solver(
             y.expand(k, *y.shape[1:]).contiguous(),
             op,
             prior,

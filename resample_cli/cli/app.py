@@ -13,11 +13,13 @@ from .. import __version__
 from ..io.ct import read_angles_file, read_sinogram
 from ..io.errors import InputError
 from ..operators import BicubicDownsample, ParallelBeamCT
+from .bench import bench
 from .models import models_app
 from .options import command_signature, positive, split_common
 from .restore import Measurement, run_restore
 from .simulate import simulate_app
 from .tasks import (
+    DEFAULT_MODELS,
     IMAGE_INPUTS,
     CTWriter,
     ImageWriter,
@@ -41,8 +43,8 @@ app = typer.Typer(
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(models_app, name="models")
 app.command("train-prior")(train_prior)
+app.command("bench")(bench)
 
-DEFAULT_MODEL = "celebahq"
 KW = inspect.Parameter.KEYWORD_ONLY
 
 
@@ -111,7 +113,7 @@ def deblur(*, inputs, sigma, kernel_size, kernel, common):
         lambda p: image_measurement(p, lambda hw: op),
         ImageWriter(),
         common,
-        DEFAULT_MODEL,
+        DEFAULT_MODELS["deblur"],
     )
 
 
@@ -129,7 +131,7 @@ def superres(*, inputs, scale, common):
         lambda p: image_measurement(p, lambda hw: op, scale),
         ImageWriter(),
         common,
-        DEFAULT_MODEL,
+        DEFAULT_MODELS["superres"],
     )
 
 
@@ -157,7 +159,9 @@ def inpaint(*, inputs, mask, common):
         measured.y = measured.operator(measured.y)
         return measured
 
-    return run_restore("inpaint", inputs, IMAGE_INPUTS, prepare, ImageWriter(), common, DEFAULT_MODEL)
+    return run_restore(
+        "inpaint", inputs, IMAGE_INPUTS, prepare, ImageWriter(), common, DEFAULT_MODELS["inpaint"]
+    )
 
 
 @restoring_command(
@@ -199,7 +203,7 @@ def nonlinear_deblur(*, inputs, operator, operator_arg, common):
         lambda p: image_measurement(p, lambda hw: op),
         ImageWriter(),
         common,
-        DEFAULT_MODEL,
+        DEFAULT_MODELS["nonlinear-deblur"],
     )
 
 
@@ -307,7 +311,7 @@ def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_tem
         prepare,
         CTWriter(dicom_template),
         common,
-        DEFAULT_MODEL,
+        DEFAULT_MODELS["ct"],
         read_reference=lambda p: read_clean_ct(p).data,
     )
 

@@ -22,6 +22,7 @@ from .console import Output
 from .files import check_output_dir, expand_inputs
 from .options import positive
 from .tasks import (
+    DEFAULT_NOISE,
     IMAGE_INPUTS,
     blur_operator,
     mask_for,
@@ -47,10 +48,24 @@ Npy = Annotated[
     bool, typer.Option("--npy", help="Write float32 .npy measurements (exact, unclipped) instead of PNG.")
 ]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing measurement files.")]
+CT_INPUTS = IMAGE_INPUTS | {".dcm"}  # clean CT slices: DICOM in HU, or images in [0, 1]
 
 
-def _generator(seed: int, path: Path) -> torch.Generator:
+Maker = Callable[[LoadedImage, torch.Generator], tuple[Operator, dict[str, np.ndarray]]]
+
+
+def noise_generator(seed: int, path: Path) -> torch.Generator:
+    """The generator of one file's operator and noise: it depends on the seed and the file's name."""
     return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(path.name.encode()))
+
+
+def measure(op: Operator, clean: LoadedImage, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """y = A(clean) + noise, a batch of one."""
+    with torch.no_grad():
+        y = GaussianNoise(noise)(op(to_batch(clean.data)), generator=generator)
+        if isinstance(op, Inpainting):
+            y = op(y)  # missing pixels hold no data, not noise
+    return y
 
 
 def _simulate_images(
@@ -60,7 +75,7 @@ def _simulate_images(
     seed: int,
     npy: bool,
     overwrite: bool,
-    make: Callable[[LoadedImage, torch.Generator], tuple[Operator, dict[str, np.ndarray]]],
+    make: Maker,
     suffixes: set[str] = IMAGE_INPUTS,
     read: Callable[[Path], LoadedImage] = read_image,
 ) -> int:
@@ -77,13 +92,9 @@ def _simulate_images(
     for path in paths:
         try:
             clean = read(path)
-            gen = _generator(seed, path)
+            gen = noise_generator(seed, path)
             op, extras = make(clean, gen)
-            with torch.no_grad():
-                y = GaussianNoise(noise)(op(to_batch(clean.data)), generator=gen)
-                if isinstance(op, Inpainting):
-                    y = op(y)  # missing pixels hold no data, not noise
-            y = y[0].numpy()
+            y = measure(op, clean, noise, gen)[0].numpy()
             written = _write_measurement(path, output_dir, y, clean.bit_depth, npy, overwrite, extras)
             out.log(f"{path} -> {', '.join(str(p) for p in written)}")
         except (InputError, ValueError) as err:
@@ -112,8 +123,49 @@ def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras) -
     return targets
 
 
-def _fixed(op: Operator):
+def fixed_operator(op: Operator) -> Maker:
+    """The same operator for every image, with no side files."""
     return lambda clean, gen: (op, {})
+
+
+def inpainting_maker(missing: float, box: int | None, mask: Path | None) -> Maker:
+    """Per image: the mask of ``mask`` (a file or a folder matched by name), else a centred
+    missing ``box``, else ``missing`` of the pixels at random; and NAME.mask.png."""
+
+    def make(clean: LoadedImage, gen: torch.Generator):
+        h, w = clean.data.shape[-2:]
+        if mask is not None:
+            m = torch.from_numpy(read_mask(mask_for(clean.path, mask)))
+            if tuple(m.shape) != (h, w):
+                raise InputError(clean.path, f"mask is {m.shape[0]}x{m.shape[1]} but the image is {h}x{w}")
+        elif box is not None:
+            m = box_mask((h, w), box)
+        else:
+            m = random_mask((h, w), missing, gen)
+        m = m.reshape(h, w).float()  # Inpainting takes (H, W); the mask file is (1, H, W)
+        return Inpainting(m), {".mask.png": m[None].numpy()}
+
+    return make
+
+
+def ct_angles(angles: int, angles_file: Path | None) -> np.ndarray:
+    """Projection angles in degrees: read from ``angles_file``, else ``angles`` equally spaced."""
+    try:
+        return read_angles_file(angles_file) if angles_file is not None else equal_angles(angles)
+    except InputError as err:
+        raise typer.BadParameter(str(err), param_hint="--angles-file") from None
+
+
+def ct_maker(theta: np.ndarray) -> Maker:
+    """Per square slice: the parallel-beam projection at ``theta``; the angles go into the .npz."""
+
+    def make(clean: LoadedImage, gen: torch.Generator):
+        h, w = clean.data.shape[-2:]
+        if h != w:
+            raise InputError(clean.path, f"CT slice is {h}x{w}; a square slice is needed")
+        return ParallelBeamCT([float(a) for a in theta], h), {"npz": theta.astype(np.float64)}
+
+    return make
 
 
 @simulate_app.command("deblur")
@@ -125,14 +177,14 @@ def sim_deblur(
     kernel: Annotated[
         Path | None, typer.Option(help="Blur kernel file (.npy or image), scaled to sum 1.")
     ] = None,
-    noise: Noise = 0.005,
+    noise: Noise = DEFAULT_NOISE["deblur"],
     seed: Seed = 0,
     npy: Npy = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Blur clean images and add noise."""
     op = blur_operator(sigma, kernel_size, kernel)
-    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, _fixed(op)))
+    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, fixed_operator(op)))
 
 
 @simulate_app.command("superres")
@@ -140,14 +192,14 @@ def sim_superres(
     inputs: Clean,
     output_dir: OutDir,
     scale: Annotated[int, typer.Option(min=2, help="Downsampling factor, an integer >= 2.")] = 4,
-    noise: Noise = 0.005,
+    noise: Noise = DEFAULT_NOISE["superres"],
     seed: Seed = 0,
     npy: Npy = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Downsample clean images (antialiased bicubic) and add noise."""
     op = BicubicDownsample(scale)
-    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, _fixed(op)))
+    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, fixed_operator(op)))
 
 
 @simulate_app.command("inpaint")
@@ -163,26 +215,13 @@ def sim_inpaint(
     mask: Annotated[
         Path | None, typer.Option(help="Instead: a mask file (white = observed) or a folder of them.")
     ] = None,
-    noise: Noise = 0.005,
+    noise: Noise = DEFAULT_NOISE["inpaint"],
     seed: Seed = 0,
     npy: Npy = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Remove pixels of clean images (writing NAME.mask.png, white = observed) and add noise."""
-
-    def make(clean: LoadedImage, gen: torch.Generator):
-        h, w = clean.data.shape[-2:]
-        if mask is not None:
-            m = torch.from_numpy(read_mask(mask_for(clean.path, mask)))
-            if tuple(m.shape) != (h, w):
-                raise InputError(clean.path, f"mask is {m.shape[0]}x{m.shape[1]} but the image is {h}x{w}")
-        elif box is not None:
-            m = box_mask((h, w), box)
-        else:
-            m = random_mask((h, w), missing, gen)
-        m = m.reshape(h, w).float()  # Inpainting takes (H, W); the mask file is (1, H, W)
-        return Inpainting(m), {".mask.png": m[None].numpy()}
-
+    make = inpainting_maker(missing, box, mask)
     raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, make))
 
 
@@ -196,7 +235,7 @@ def sim_nonlinear(
     operator_arg: Annotated[
         list[str] | None, typer.Option(help="key=value keyword argument (repeatable).")
     ] = None,
-    noise: Noise = 0.005,
+    noise: Noise = DEFAULT_NOISE["nonlinear-deblur"],
     seed: Seed = 0,
     npy: Npy = False,
     overwrite: Overwrite = False,
@@ -206,7 +245,7 @@ def sim_nonlinear(
         op = nonlinear_operator(operator, operator_arg or [])
     except (ValueError, ImportError, TypeError) as err:
         raise typer.BadParameter(str(err), param_hint="--operator") from None
-    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, _fixed(op)))
+    raise typer.Exit(_simulate_images(inputs, output_dir, noise, seed, npy, overwrite, fixed_operator(op)))
 
 
 @simulate_app.command("ct")
@@ -224,24 +263,12 @@ def sim_ct(
     angles_file: Annotated[
         Path | None, typer.Option(help="Instead: a text or .npy file of angles in degrees.")
     ] = None,
-    noise: Noise = 0.0,
+    noise: Noise = DEFAULT_NOISE["ct"],
     seed: Seed = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Project clean CT slices into sinograms: NAME.npz with 'sinogram' (angles, detectors) and 'angles' (degrees).
     DICOM slices are mapped from HU to [0, 1] through the window [-1024, 3072]."""
-    try:
-        theta = read_angles_file(angles_file) if angles_file is not None else equal_angles(angles)
-    except InputError as err:
-        raise typer.BadParameter(str(err), param_hint="--angles-file") from None
-
-    def make(clean: LoadedImage, gen: torch.Generator):
-        h, w = clean.data.shape[-2:]
-        if h != w:
-            raise InputError(clean.path, f"CT slice is {h}x{w}; a square slice is needed")
-        return ParallelBeamCT([float(a) for a in theta], h), {"npz": theta.astype(np.float64)}
-
-    code = _simulate_images(
-        inputs, output_dir, noise, seed, False, overwrite, make, IMAGE_INPUTS | {".dcm"}, read_clean_ct
-    )
+    make = ct_maker(ct_angles(angles, angles_file))
+    code = _simulate_images(inputs, output_dir, noise, seed, False, overwrite, make, CT_INPUTS, read_clean_ct)
     raise typer.Exit(code)

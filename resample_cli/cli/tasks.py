@@ -29,6 +29,17 @@ from .options import CommonOptions
 from .restore import Measurement, Writer, stem_path
 
 IMAGE_INPUTS = IMAGE_SUFFIXES | ARRAY_SUFFIXES
+# The prior each task uses without --model.
+DEFAULT_MODELS = {
+    "deblur": "celebahq",
+    "superres": "celebahq",
+    "inpaint": "celebahq",
+    "nonlinear-deblur": "celebahq",
+    "ct": "ct-ellipses",
+}
+# Simulated noise std without --noise: the paper's 0.01 on [-1, 1] for images; none for CT
+# (sinogram units, whose scale depends on the image size).
+DEFAULT_NOISE = {"deblur": 0.005, "superres": 0.005, "inpaint": 0.005, "nonlinear-deblur": 0.005, "ct": 0.0}
 
 
 def to_batch(image: np.ndarray) -> torch.Tensor:
