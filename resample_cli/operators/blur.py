@@ -15,16 +15,39 @@ def _period(n: int) -> int:
     return max(2 * n - 2, 1)
 
 
+def _fast_length(n: int) -> int:
+    """The smallest length >= n whose only prime factors are 2, 3 and 5 (fast FFTs)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
 def _circular(z: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     """Circular convolution over the last two axes, given the kernel's rfft2."""
     return torch.fft.irfft2(torch.fft.rfft2(z) * spectrum, s=z.shape[-2:])
 
 
-def _mirror_index(n: int, device: torch.device) -> torch.Tensor:
-    """Source pixel of each position of one period (2n - 2) of the mirror extension of an axis."""
+def _mirror_index(n: int, device: torch.device, length: int | None = None, start: int = 0) -> torch.Tensor:
+    """Source pixel of positions ``start .. start + length - 1`` (default: one period,
+    2n - 2, from 0) of the mirror extension of an axis of length n."""
     period = _period(n)
-    i = torch.arange(period, device=device)
+    i = (torch.arange(period if length is None else length, device=device) + start) % period
     return torch.where(i < n, i, period - i)
+
+
+def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _scatter(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Transpose of ``_gather``: add every copy back onto the pixel it came from."""
+    summed = z.new_zeros(*z.shape[:-1], w).index_add(-1, cols, z)
+    return summed.new_zeros(*z.shape[:-2], h, w).index_add(-2, rows, summed)
 
 
 class Blur(LinearOperator):
@@ -39,13 +62,12 @@ class Blur(LinearOperator):
     by s. Kernels larger than the image are allowed: the padding keeps mirroring (the image's
     mirror extension is periodic with period 2n - 2), exactly as scipy's ``"mirror"`` mode does.
 
-    Computation: the reflect-padded image is a window of that periodic extension, so the
-    linear convolution of the padded image, cropped to the image, equals a circular
-    convolution over one period, cropped. It is computed exactly by FFT over one period
-    (2H - 2, 2W - 2), whatever the kernel size (one exact path for all sizes keeps forward,
-    adjoint and the solve's preconditioner consistent). The adjoint is the exact transpose of
-    extend -> convolve -> crop: zero-fill, correlate, then fold the extension back onto the
-    pixels it copied.
+    Computation: the blurred image needs the (H + kh - 1) x (W + kw - 1) window of the mirror
+    extension around it (gathered by index, so kernels larger than the image work too); its
+    linear convolution with the kernel is computed exactly by FFT, zero-padded to the next
+    size with prime factors 2, 3 and 5 only (mirror-periodic FFTs of 2H - 2 are often slow
+    sizes such as 510), and cropped. The adjoint is the exact transpose: place, correlate,
+    then add the window back onto the pixels it copied. Kernel spectra are cached per size.
     """
 
     def __init__(self, kernel: torch.Tensor | np.ndarray) -> None:
@@ -56,6 +78,7 @@ class Blur(LinearOperator):
         if not bool(torch.isfinite(k).all()) or not bool(k.any()):
             raise ValueError("blur kernel must be finite and not all zeros")
         self.register_buffer("kernel", k.to(torch.float64))
+        self._spectra: dict[tuple, torch.Tensor] = {}
 
     def params(self) -> dict:
         return {
@@ -66,13 +89,22 @@ class Blur(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        return _circular(self._extend(x), self._spectrum(x))[..., :h, :w]
+        kh, kw = self.kernel.shape
+        rows, cols = self._window(h, w, x.device)
+        fh, fw = _fast_length(h + kh - 1), _fast_length(w + kw - 1)
+        window = torch.nn.functional.pad(_gather(x, rows, cols), (0, fw - len(cols), 0, fh - len(rows)))
+        return _circular(window, self._cached_spectrum("linear", x))[
+            ..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w
+        ]
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         h, w = y.shape[-2:]
-        ph, pw = _period(h), _period(w)
-        zero_filled = torch.nn.functional.pad(y, (0, pw - w, 0, ph - h))
-        return self._fold(_circular(zero_filled, self._spectrum(y).conj()), h, w)
+        kh, kw = self.kernel.shape
+        rows, cols = self._window(h, w, y.device)
+        fh, fw = _fast_length(h + kh - 1), _fast_length(w + kw - 1)
+        placed = torch.nn.functional.pad(y, (kw - 1, fw - (kw - 1) - w, kh - 1, fh - (kh - 1) - h))
+        correlated = _circular(placed, self._cached_spectrum("linear", y).conj())
+        return _scatter(correlated[..., : len(rows), : len(cols)], rows, cols, h, w)
 
     def solve(
         self,
@@ -104,7 +136,7 @@ class Blur(LinearOperator):
         self, like: torch.Tensor, lam: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         h, w = like.shape[-2:]
-        power = self._spectrum(like).abs().square()
+        power = self._cached_spectrum("period", like).abs().square()
         # The floor keeps the preconditioner bounded when lam = 0 and the kernel has spectral zeros.
         inverse = 1 / (power + lam).clamp_min(torch.finfo(power.dtype).eps * float(power.max()))
         copies = self._fold(torch.ones_like(self._extend(like[:1, :1])), h, w)
@@ -133,20 +165,40 @@ class Blur(LinearOperator):
             (rows[:, None].expand(kh, kw), cols[None, :].expand(kh, kw)), self.kernel, accumulate=True
         )
 
-    def _spectrum(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.fft.rfft2(self._wrapped_kernel(*like.shape[-2:]).to(like))
+    def _window(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source pixels of the mirror-extended window (h + kh - 1) x (w + kw - 1) that the
+        blurred image needs, from kh - 1 - kh // 2 rows (columns alike) before the image."""
+        kh, kw = self.kernel.shape
+        rows = _mirror_index(h, device, h + kh - 1, -(kh - 1 - kh // 2))
+        cols = _mirror_index(w, device, w + kw - 1, -(kw - 1 - kw // 2))
+        return rows, cols
+
+    def _cached_spectrum(self, kind: str, like: torch.Tensor) -> torch.Tensor:
+        """The kernel's rfft2, computed once per image size, dtype and device: zero-padded
+        to the fast FFT size of the linear convolution (``linear``) or wrapped onto one
+        period of the mirror extension (``period``, for the preconditioner)."""
+        h, w = like.shape[-2:]
+        key = (kind, h, w, like.dtype, like.device)
+        if key not in self._spectra:
+            kh, kw = self.kernel.shape
+            if kind == "linear":
+                size = (_fast_length(h + kh - 1), _fast_length(w + kw - 1))
+                spectrum = torch.fft.rfft2(self.kernel.to(like), s=size)
+            else:
+                spectrum = torch.fft.rfft2(self._wrapped_kernel(h, w).to(like))
+            self._spectra[key] = spectrum
+        return self._spectra[key]
 
     @staticmethod
     def _extend(x: torch.Tensor) -> torch.Tensor:
         """One period of the mirror extension of ``x`` (its first H x W block is ``x``)."""
         h, w = x.shape[-2:]
-        return x.index_select(-2, _mirror_index(h, x.device)).index_select(-1, _mirror_index(w, x.device))
+        return _gather(x, _mirror_index(h, x.device), _mirror_index(w, x.device))
 
     @staticmethod
     def _fold(z: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Transpose of ``_extend``: add every copy back onto the pixel it came from."""
-        cols = z.new_zeros(*z.shape[:-1], w).index_add(-1, _mirror_index(w, z.device), z)
-        return cols.new_zeros(*z.shape[:-2], h, w).index_add(-2, _mirror_index(h, z.device), cols)
+        """Transpose of ``_extend``."""
+        return _scatter(z, _mirror_index(h, z.device), _mirror_index(w, z.device), h, w)
 
 
 class GaussianBlur(Blur):
