@@ -30,6 +30,10 @@ class LinearOperator(Operator):
     """A linear forward model with an adjoint and a regularised least-squares solve."""
 
     linear = True
+    # Whether ``solve`` costs a few operator calls whatever lam is (closed form or
+    # well-preconditioned), so that a search over lam may call it repeatedly. Without it,
+    # the discrepancy search runs one Krylov basis for all lam (solvers/krylov.py).
+    fast_solve = False
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """A^T y, the adjoint of ``forward`` (its transpose for real tensors)."""

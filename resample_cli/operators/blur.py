@@ -70,6 +70,8 @@ class Blur(LinearOperator):
     then add the window back onto the pixels it copied. Kernel spectra are cached per size.
     """
 
+    fast_solve = True
+
     def __init__(self, kernel: torch.Tensor | np.ndarray) -> None:
         super().__init__()
         k = kernel.detach() if isinstance(kernel, torch.Tensor) else torch.as_tensor(np.array(kernel))

@@ -45,6 +45,10 @@ class Cropped(LinearOperator):
         )
         return x
 
+    @property
+    def fast_solve(self) -> bool:
+        return getattr(self.inner, "fast_solve", False)
+
     def params(self) -> dict:
         return self.inner.params()
 
@@ -75,6 +79,10 @@ class ChannelMean(LinearOperator):
         g0 = x0.mean(1, keepdim=True)
         g = self.inner.solve(y, g0, self.channels * _per_sample(lam, x0), tol=tol, max_iter=max_iter)
         return x0 + (g - g0)
+
+    @property
+    def fast_solve(self) -> bool:
+        return getattr(self.inner, "fast_solve", False)
 
     def params(self) -> dict:
         return self.inner.params()

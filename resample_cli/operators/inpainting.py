@@ -16,6 +16,8 @@ class Inpainting(LinearOperator):
     it so): only the observed entries count as data (``measurement_count``).
     """
 
+    fast_solve = True
+
     def __init__(self, mask: torch.Tensor | np.ndarray) -> None:
         super().__init__()
         m = mask.detach() if isinstance(mask, torch.Tensor) else torch.as_tensor(np.array(mask))

@@ -14,6 +14,8 @@ class MatrixOperator(LinearOperator):
     exact-posterior benchmark, not real images.
     """
 
+    fast_solve = True
+
     def __init__(self, matrix: torch.Tensor, image_shape: tuple[int, int, int]):
         super().__init__()
         self.register_buffer("matrix", torch.as_tensor(matrix))

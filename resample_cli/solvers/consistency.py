@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..operators.base import LinearOperator, Operator
+from .krylov import discrepancy_tikhonov
 from .trace import CountingPrior
 
 
@@ -130,12 +131,19 @@ def fit_pixels_discrepancy(
     The residual grows with lam, so lam is found by bisection in log space; images
     already within the target keep x_init. An image that no lam in ``lam_range``
     brings within the target gets the smallest lam.
+    Operators without a ``fast_solve`` get every lam from one Krylov basis instead of a
+    conjugate-gradient solve per bisection step (``krylov.discrepancy_tikhonov``).
     """
     n = y.shape[0]
 
     def rms(x: torch.Tensor) -> torch.Tensor:
         return per_sample_mse(operator(x), y).sqrt()
 
+    initial_rms = rms(x_init)
+    within = initial_rms <= target_rms
+    if not getattr(operator, "fast_solve", False):
+        best, best_rms = discrepancy_tikhonov(operator, y, x_init, target_rms, lam_range=lam_range)
+        return _keep_within(within, x_init, initial_rms, best, best_rms)
     lo = torch.full((n,), float(lam_range[0]), device=y.device).log()
     hi = torch.full((n,), float(lam_range[1]), device=y.device).log()
     best = operator.solve(y, x_init, lo.exp())
@@ -149,11 +157,14 @@ def fit_pixels_discrepancy(
         hi = torch.where(ok, hi, mid)
         best = torch.where(_per_image(ok, x), x, best)
         best_rms = torch.where(ok, r, best_rms)
-    initial_rms = rms(x_init)
-    within = initial_rms <= target_rms
+    return _keep_within(within, x_init, initial_rms, best, best_rms)
+
+
+def _keep_within(within, x_init, initial_rms, best, best_rms) -> Fit:
+    """Images already within the target keep ``x_init``."""
     best = torch.where(_per_image(within, x_init), x_init, best)
     best_rms = torch.where(within, initial_rms, best_rms)
-    return Fit(best, best_rms, torch.zeros(n, dtype=torch.long, device=y.device))
+    return Fit(best, best_rms, torch.zeros(len(best), dtype=torch.long, device=best.device))
 
 
 def _per_image(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
