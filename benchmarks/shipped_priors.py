@@ -81,7 +81,7 @@ def photos() -> dict[str, torch.Tensor]:
 def ct_cases(n: int) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
     test = ellipse_phantoms(n, 128, torch.Generator().manual_seed(2026))
     tuning = ellipse_phantoms(5, 128, torch.Generator().manual_seed(7))
-    cases = [(f"ellipses-{i:02d}", test[i : i + 1]) for i in range(n)] + [("shepp-logan", shepp_logan())]
+    cases = [("shepp-logan", shepp_logan())] + [(f"ellipses-{i:02d}", test[i : i + 1]) for i in range(n)]
     return cases, tuning
 
 
@@ -244,6 +244,26 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
+class RowLog(list):
+    """The result rows, each also appended to a CSV file (when given) as it comes, so
+    that an interrupted run keeps what it measured."""
+
+    HEADER = ("task", "method", "image", "psnr", "ssim", "seconds", "residual_ratio")
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self.path = path
+        if path:
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(self.HEADER)
+
+    def append(self, row: tuple) -> None:
+        super().append(row)
+        if self.path:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow(["" if v is None else v for v in row])
+
+
 def read_rows(path: str) -> list[tuple]:
     with open(path, newline="") as f:
         return [
@@ -281,14 +301,9 @@ def main() -> None:
     args.presets = [p for p in args.presets.split(",") if p]
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows: list[tuple] = []
+    rows: list[tuple] = RowLog(args.csv)
     for part in PARTS[args.part]:
         part(args, rows)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("task", "method", "image", "psnr", "ssim", "seconds", "residual_ratio"))
-            writer.writerows(["" if v is None else v for v in row] for row in rows)
     print()
     print(summary(rows))
 
