@@ -155,6 +155,17 @@ COLUMNS = (
 )
 
 
+# Columns every table of network passes starts with: (header, row key).
+COUNT_COLUMNS = [
+    ("preset", "preset"),
+    ("steps", "steps"),
+    ("UNet fwd", "unet_forward"),
+    ("UNet bwd", "unet_backward"),
+    ("decoder fwd", "decoder_forward"),
+    ("decoder bwd", "decoder_backward"),
+]
+
+
 def write_hub_folder(folder: Path, seed: int = 0) -> Path:
     """The three config files verbatim, plus random safetensors weights of the networks they
     describe, in the layout ``load_prior`` reads (and the Hub repository has)."""
@@ -389,13 +400,8 @@ def main() -> None:
     print(f"\n## Network passes per image ({count_size}x{count_size} input, batch 1)\n")
     print_table(
         part,
-        [
-            ("preset", "preset"),
-            ("steps", "steps"),
-            ("UNet fwd", "unet_forward"),
-            ("UNet bwd", "unet_backward"),
-            ("decoder fwd", "decoder_forward"),
-            ("decoder bwd", "decoder_backward"),
+        COUNT_COLUMNS
+        + [
             ("encoder", "encoder_forward"),
             ("operator calls", "operator_calls"),
             ("UNet+decoder", "passes"),
@@ -419,19 +425,7 @@ def main() -> None:
         rows.append(row("cpu", name, "cpu", cpu_size, 1, config, counts=counts, seconds=seconds))
     part = [r for r in rows if r["part"] == "cpu"]
     print(f"\n## CPU seconds per image ({cpu_size}x{cpu_size} input, {cpu_steps} DDIM steps each, batch 1)\n")
-    print_table(
-        part,
-        [
-            ("preset", "preset"),
-            ("steps", "steps"),
-            ("UNet fwd", "unet_forward"),
-            ("UNet bwd", "unet_backward"),
-            ("decoder fwd", "decoder_forward"),
-            ("decoder bwd", "decoder_backward"),
-            ("UNet+decoder", "passes"),
-            ("wall s", "seconds"),
-        ],
-    )
+    print_table(part, COUNT_COLUMNS + [("UNet+decoder", "passes"), ("wall s", "seconds")])
     print(
         f"\nBoth presets in this run, one after the other, {torch.get_num_threads()} thread(s); each with "
         f"its {settings} except the step count ({cpu_steps}), so the ratio is that of these reduced "
