@@ -328,6 +328,33 @@ def test_fine_tuning_a_base_prior_keeps_its_autoencoder_and_scale(tmp_path):
         train_prior(tiny(tmp_path / "grey", base=str(base), ae_steps=0, channels=1))
 
 
+@pytest.mark.parametrize("kind, folder", [("kl", "vae"), ("vq", "vqvae")])
+def test_decoder_only_fine_tuning_keeps_the_latent_space_and_the_unet(tmp_path, kind, folder):
+    base = make_tiny_prior(tmp_path / "base", autoencoder=kind, image_channels=3)
+    train_prior(
+        tiny(
+            tmp_path / "out",
+            synthetic="dead-leaves",
+            base=str(base),
+            ae_train="decoder",
+            ae_steps=3,
+            unet_steps=0,
+        )
+    )
+    before = load_file(base / folder / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "out" / folder / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    trained = {k for k in before if k.startswith(("decoder.", "post_quant_conv."))}
+    assert any(k.startswith("decoder.") for k in trained)
+    # everything that makes the latent (encoder, quant_conv, the VQ codebook) is bit for bit the base's
+    assert all(torch.equal(before[k], after[k]) for k in before.keys() - trained)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight"))
+    unet_before = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
+    unet_after = load_file(tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    assert load_prior(str(tmp_path / "out")).latent_scale == pytest.approx(load_prior(str(base)).latent_scale)
+
+
 def test_settings_are_checked(tmp_path):
     with pytest.raises(TrainingError, match="exactly one data source"):
         TrainConfig(output=tmp_path, **TINY).validate()
@@ -337,6 +364,10 @@ def test_settings_are_checked(tmp_path):
         tiny(tmp_path, attention_head_dim=3).validate()
     with pytest.raises(TrainingError, match="needs a base prior"):
         tiny(tmp_path, ae_steps=0).validate()
+    with pytest.raises(TrainingError, match="decoder; it needs a base prior"):
+        tiny(tmp_path, ae_train="decoder").validate()
+    with pytest.raises(TrainingError, match="ae_train must be one of all, decoder"):
+        tiny(tmp_path, ae_train="encoder").validate()
 
 
 # --- the command ------------------------------------------------------------------------------

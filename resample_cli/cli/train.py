@@ -39,6 +39,11 @@ class AutoencoderChoice(str, Enum):
     vq = "vq"
 
 
+class AutoencoderPart(str, Enum):
+    all = "all"
+    decoder = "decoder"
+
+
 def _widths(value: str) -> str:
     try:
         widths = [int(w) for w in value.split(",")]
@@ -153,6 +158,14 @@ def train_prior(
             rich_help_panel=AE,
         ),
     ] = 2000,
+    ae_train: Annotated[
+        AutoencoderPart,
+        typer.Option(
+            help="What --ae-steps train: the whole autoencoder, or (with --base) only its decoder, which keeps "
+            "the latent space and so the base's UNet valid: a sharper decoder without retraining the UNet.",
+            rich_help_panel=AE,
+        ),
+    ] = AutoencoderPart.all,
     unet_channels: Annotated[
         str,
         typer.Option(
@@ -318,6 +331,7 @@ def train_prior(
         unet_attention_levels=unet_attention_levels,
         attention_head_dim=attention_head_dim,
         ae_steps=ae_steps,
+        ae_train=ae_train.value,
         unet_steps=unet_steps,
         batch_size=batch_size,
         unet_batch_size=unet_batch_size,
@@ -398,6 +412,7 @@ def command_line(config: TrainConfig) -> str:
         "--kl-weight": c.kl_weight,
         "--vq-codes": c.vq_codebook_size,
         "--ae-steps": c.ae_steps,
+        "--ae-train": c.ae_train,
         "--unet-channels": ",".join(map(str, c.unet_channels)),
         "--unet-layers": c.unet_layers_per_block,
         "--unet-attention-levels": c.unet_attention_levels,

@@ -53,11 +53,12 @@ def model_card(
         f"{scheduler_config.get('beta_start')}..{scheduler_config.get('beta_end')}, "
         f"prediction {scheduler_config.get('prediction_type')}"
     )
-    ae_loss = (
-        f"L1 + {config.kl_weight:g} x KL (per-element means)"
-        if ae_kind == "AutoencoderKL"
-        else "L1 + VQ codebook/commitment loss"
-    )
+    if config.ae_train == "decoder":
+        ae_loss = "L1, decoder only (encoder, latent space and scale kept from the base)"
+    elif ae_kind == "AutoencoderKL":
+        ae_loss = f"L1 + {config.kl_weight:g} x KL (per-element means)"
+    else:
+        ae_loss = "L1 + VQ codebook/commitment loss"
     lines = [
         f"# Latent diffusion prior: {config.output.name}",
         "",

@@ -6,11 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .data import SYNTHETIC_KINDS
 
 AutoencoderKind = Literal["kl", "vq"]
+AutoencoderPart = Literal["all", "decoder"]  # what autoencoder fine-tuning trains
 
 # The noise schedule of new priors: the one of CompVis/ldm-celebahq-256 (the paper's prior):
 # 1000 steps, betas linear in sqrt from 0.0015 to 0.0195 (diffusers' "scaled_linear"), so the
@@ -24,6 +25,9 @@ class TrainingError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+AE_TRAIN_PARTS = get_args(AutoencoderPart)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ class TrainConfig:
     ``base``: a prior (registry name, folder or Hub id) to fine-tune instead of new
     networks; its architecture, noise schedule and latent scale are kept (the UNet was
     trained on latents of that scale). ``ae_steps`` 0 keeps its autoencoder as it is and
-    trains only the UNet; ``ae_steps`` > 0 fine-tunes the autoencoder first.
+    trains only the UNet; ``ae_steps`` > 0 fine-tunes the autoencoder first: all of it
+    (``ae_train`` "all"), or only its decoder (``ae_train`` "decoder": the encoder, and with
+    it the latent space the UNet learnt, stays as it was, so the UNet needs no retraining).
 
     Optimiser: AdamW (no weight decay), gradient norm clipped to ``grad_clip``, learning
     rate ``lr`` (``unet_lr`` for the UNet if set) warmed up linearly over ``warmup_steps``
@@ -71,6 +77,7 @@ class TrainConfig:
     latent_channels: int = 3
     kl_weight: float = 1e-6
     vq_codebook_size: int = 1024
+    ae_train: AutoencoderPart = "all"
     # (b) UNet
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers_per_block: int = 1
@@ -165,6 +172,12 @@ class TrainConfig:
             raise TrainingError(f"unet_batch_size must be >= 1, got {self.unet_batch_size}")
         if self.total_steps < 1:
             raise TrainingError("nothing to train: ae_steps and unet_steps are both 0")
+        if self.ae_train not in AE_TRAIN_PARTS:
+            raise TrainingError(f"ae_train must be one of {', '.join(AE_TRAIN_PARTS)}, got {self.ae_train!r}")
+        if self.ae_train == "decoder" and self.base is None:
+            raise TrainingError(
+                "ae_train 'decoder' fine-tunes a trained autoencoder's decoder; it needs a base prior"
+            )
         if self.base is None and self.ae_steps < 1:
             raise TrainingError(
                 "ae_steps must be >= 1 when training from scratch (ae_steps 0 needs a base prior)"
@@ -223,6 +236,7 @@ ARCHITECTURE_FIELDS = (
     "ae_attention",
     "latent_channels",
     "vq_codebook_size",
+    "ae_train",
     "unet_channels",
     "unet_layers_per_block",
     "unet_attention_levels",

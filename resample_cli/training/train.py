@@ -277,15 +277,22 @@ class _Run:
         self._set_lr("autoencoder", self.state.ae_step, config.ae_steps)
         self.ae.train()
         x = self._images(config.batch_size, self.data_gen)
+        decoder_only = config.ae_train == "decoder"  # the encoder is frozen: no graph through it
+        with torch.set_grad_enabled(not decoder_only):
+            encoded = self.ae.encode(x)
         if isinstance(self.ae, VQModel):
-            decoded = self.ae.decode(self.ae.encode(x).latents)
-            loss = (decoded.sample - x).abs().mean() + decoded.commit_loss.mean()
+            decoded = self.ae.decode(encoded.latents)
+            loss = (decoded.sample - x).abs().mean()
+            if not decoder_only:  # the codebook belongs to the latent space: frozen with the encoder
+                loss = loss + decoded.commit_loss.mean()
         else:
-            posterior = self.ae.encode(x).latent_dist
+            posterior = encoded.latent_dist
             z = posterior.sample(generator=self.noise_gen)
-            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-            loss = (self.ae.decode(z).sample - x).abs().mean() + config.kl_weight * kl
-        return self._apply(optimizer, loss, self.ae)
+            loss = (self.ae.decode(z).sample - x).abs().mean()
+            if not decoder_only:
+                kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+                loss = loss + config.kl_weight * kl
+        return self._apply(optimizer, loss)
 
     # -- stage (b) -----------------------------------------------------------------------------
 
@@ -351,7 +358,7 @@ class _Run:
         else:  # "sample"
             target = z0
         loss = F.mse_loss(self.unet(zt, t).sample, target)
-        value = self._apply(optimizer, loss, self.unet)
+        value = self._apply(optimizer, loss)
         decay = min(config.ema, (1 + self.state.unet_step) / (10 + self.state.unet_step))
         with torch.no_grad():
             for averaged, current in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
@@ -361,12 +368,19 @@ class _Run:
     # -- shared --------------------------------------------------------------------------------
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
-        model = self.ae if stage == "autoencoder" else self.unet
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=self.config.stage_lr(stage), weight_decay=0.0
+            self._trained_parameters(stage), lr=self.config.stage_lr(stage), weight_decay=0.0
         )
         self.optimizer_stage = stage
         return self.optimizer
+
+    def _trained_parameters(self, stage: str) -> list[torch.nn.Parameter]:
+        if stage == "unet":
+            return list(self.unet.parameters())
+        if self.config.ae_train == "decoder":
+            parts = [self.ae.decoder, self.ae.post_quant_conv]  # post_quant_conv may be None (KL)
+            return [p for part in parts if part is not None for p in part.parameters()]
+        return list(self.ae.parameters())
 
     def _optimizer(self, stage: str) -> torch.optim.Optimizer:
         if self.optimizer_stage != stage:
@@ -379,7 +393,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _apply(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module) -> float:
+    def _apply(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(
@@ -388,7 +402,7 @@ class _Run:
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.config.grad_clip)
         optimizer.step()
         return value
 
@@ -528,7 +542,8 @@ def _check_compatible(ckpt: Checkpoint, config: TrainConfig) -> None:
     saved = ckpt.config
     given = config.to_json()
     for name in (*ARCHITECTURE_FIELDS, "seed"):
-        mine, theirs = given[name], saved.get(name)
+        # a setting newer than the checkpoint's version of the tool had its default there
+        mine, theirs = given[name], saved.get(name, TrainConfig.__dataclass_fields__[name].default)
         if name == "channels" and mine is None:
             continue
         if name == "data" and mine is not None and theirs is not None:
