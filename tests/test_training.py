@@ -353,6 +353,18 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space_and_the_unet(tmp_path, 
     unet_after = load_file(tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
     assert load_prior(str(tmp_path / "out")).latent_scale == pytest.approx(load_prior(str(base)).latent_scale)
+    card = (tmp_path / "out" / "model_card.md").read_text()
+    assert "decoder only" in card and "the base's, not trained further" in card
+    assert "Samples (DDIM" in card and "not a usable prior" not in card  # the base's UNet samples
+
+
+def test_the_recorded_command_of_a_fine_tune_leaves_out_the_ignored_architecture(tmp_path):
+    config = tiny(tmp_path / "out", base="ct-ellipses", ae_train="decoder", unet_steps=0)
+    words = train_cli.command_line(config).split()
+    assert words[words.index("--base") + 1] == "ct-ellipses"
+    assert words[words.index("--ae-train") + 1] == "decoder"
+    assert not set(words) & set(train_cli.BASE_ARCHITECTURE_FLAGS)
+    assert "--ae-channels" in train_cli.command_line(tiny(tmp_path / "new")).split()
 
 
 def test_settings_are_checked(tmp_path):

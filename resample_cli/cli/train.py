@@ -397,6 +397,21 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+# Options that shape new networks; a --base run takes its networks from the base instead.
+BASE_ARCHITECTURE_FLAGS = (
+    "--channels",
+    "--autoencoder",
+    "--ae-channels",
+    "--ae-layers",
+    "--latent-channels",
+    "--vq-codes",
+    "--unet-channels",
+    "--unet-layers",
+    "--unet-attention-levels",
+    "--attention-head-dim",
+)
+
+
 def command_line(config: TrainConfig) -> str:
     """The ``resample train-prior`` command that reproduces ``config``, every option spelled out."""
     c = config
@@ -431,9 +446,12 @@ def command_line(config: TrainConfig) -> str:
         "--sample-steps": c.sample_steps,
         "--device": c.device,
     }
+    if c.base is not None:  # the networks are the base's: these settings would be ignored
+        for flag in BASE_ARCHITECTURE_FLAGS:
+            del options[flag]
     for flag, value in options.items():
         if value is not None:
             words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if c.ae_attention:
+    if c.ae_attention and c.base is None:
         words.append("--ae-attention")
     return " ".join(shlex.quote(w) for w in words)

@@ -59,6 +59,10 @@ def model_card(
         ae_loss = f"L1 + {config.kl_weight:g} x KL (per-element means)"
     else:
         ae_loss = "L1 + VQ codebook/commitment loss"
+    sampled = bool(result.unet_steps or config.base)  # else the grid shows reconstructions
+    weights = (
+        f"EMA weights, decay {config.ema}" if result.unet_steps or not config.base else "the base's weights"
+    )
     lines = [
         f"# Latent diffusion prior: {config.output.name}",
         "",
@@ -82,7 +86,7 @@ def model_card(
         f"{ae_cfg.layers_per_block} layer(s) per block, downsampling factor {factor}, latent "
         f"{ae_cfg.latent_channels} x {config.resolution // factor} x {config.resolution // factor} "
         f"at {config.resolution} x {config.resolution}, scaling_factor {latent:.6g} | {_count(autoencoder):,} |",
-        f"| denoiser | `unet/` | UNet2DModel (EMA weights, decay {config.ema}), widths "
+        f"| denoiser | `unet/` | UNet2DModel ({weights}), widths "
         f"{list(unet_cfg.block_out_channels)}, blocks {list(unet_cfg.down_block_types)}, "
         f"{unet_cfg.layers_per_block} layer(s) per block | {_count(unet):,} |",
         f"| schedule | `scheduler/` | DDIMScheduler: {schedule} | |",
@@ -97,7 +101,11 @@ def model_card(
         "|---|---|",
         f"| seed | {config.seed} |",
         f"| autoencoder | {result.ae_steps} steps, batch {config.batch_size}, loss {ae_loss} |",
-        f"| UNet | {result.unet_steps} steps, batch {config.unet_batch}, noise-prediction MSE |",
+        (
+            "| UNet | the base's, not trained further |"
+            if config.base and not result.unet_steps
+            else f"| UNet | {result.unet_steps} steps, batch {config.unet_batch}, noise-prediction MSE |"
+        ),
         f"| optimiser | AdamW, lr {config.lr:g} (UNet {config.stage_lr('unet'):g}), {config.warmup_steps} warm-up "
         f"steps then cosine to x{config.min_lr_ratio:g}, gradient norm clipped at {config.grad_clip:g} |",
         f"| latent pool | {config.latent_pool or 'none (every batch encoded afresh)'} |",
@@ -121,12 +129,12 @@ def model_card(
         lines.append(
             f"| final UNet training loss (noise MSE, mean of the last 100 steps) | {losses['unet']:.5f} |"
         )
-    if not result.unet_steps:
+    if not sampled:
         lines += ["", "**The UNet is untrained (0 steps): this folder is not a usable prior yet.**"]
     grid = result.sample_grid.relative_to(config.output)
     lines += [
         "",
-        f"Samples ({'DDIM, ' + str(config.sample_steps) + ' steps, EMA UNet' if result.unet_steps else 'autoencoder reconstructions'}): "
+        f"Samples ({'DDIM, ' + str(config.sample_steps) + ' steps, EMA UNet' if sampled else 'autoencoder reconstructions'}): "
         f"`{grid.as_posix()}`",
         "",
         f"![samples]({grid.as_posix()})",

@@ -436,12 +436,12 @@ class _Run:
         self._report("checkpoint", f"checkpoint {path} (samples: {grid})")
 
     def _sample_grid(self, path: Path) -> Path:
-        """DDIM samples of the EMA UNet once it has trained; before that, autoencoder
-        reconstructions (top row originals, bottom row reconstructions)."""
+        """DDIM samples of the EMA UNet once it has trained (or comes trained from a base);
+        before that, autoencoder reconstructions (top row originals, bottom row reconstructions)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         g = self.config.sample_grid
         gen = torch.Generator().manual_seed(self.config.seed + _SAMPLE_SEED)
-        if self.state.unet_step == 0:
+        if self.state.unet_step == 0 and self.config.base is None:
             x = self._images(g, gen)
             with torch.no_grad():
                 recon = self.ae.decode(self._encode(x)).sample
