@@ -59,10 +59,9 @@ def model_card(
         ae_loss = f"L1 + {config.kl_weight:g} x KL (per-element means)"
     else:
         ae_loss = "L1 + VQ codebook/commitment loss"
-    sampled = bool(result.unet_steps or config.base)  # else the grid shows reconstructions
-    weights = (
-        f"EMA weights, decay {config.ema}" if result.unet_steps or not config.base else "the base's weights"
-    )
+    unet_from_base = bool(config.base) and not result.unet_steps  # a trained UNet, kept as it was
+    sampled = bool(result.unet_steps) or unet_from_base  # else the grid shows reconstructions
+    weights = "the base's weights" if unet_from_base else f"EMA weights, decay {config.ema}"
     lines = [
         f"# Latent diffusion prior: {config.output.name}",
         "",
@@ -103,7 +102,7 @@ def model_card(
         f"| autoencoder | {result.ae_steps} steps, batch {config.batch_size}, loss {ae_loss} |",
         (
             "| UNet | the base's, not trained further |"
-            if config.base and not result.unet_steps
+            if unet_from_base
             else f"| UNet | {result.unet_steps} steps, batch {config.unet_batch}, noise-prediction MSE |"
         ),
         f"| optimiser | AdamW, lr {config.lr:g} (UNet {config.stage_lr('unet'):g}), {config.warmup_steps} warm-up "

@@ -12,6 +12,7 @@ from .data import SYNTHETIC_KINDS
 
 AutoencoderKind = Literal["kl", "vq"]
 AutoencoderPart = Literal["all", "decoder"]  # what autoencoder fine-tuning trains
+AE_TRAIN_PARTS = get_args(AutoencoderPart)
 
 # The noise schedule of new priors: the one of CompVis/ldm-celebahq-256 (the paper's prior):
 # 1000 steps, betas linear in sqrt from 0.0015 to 0.0195 (diffusers' "scaled_linear"), so the
@@ -25,9 +26,6 @@ class TrainingError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
-
-
-AE_TRAIN_PARTS = get_args(AutoencoderPart)
 
 
 @dataclass(frozen=True)
