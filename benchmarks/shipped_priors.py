@@ -38,7 +38,7 @@ from resample_cli.metrics import psnr, ssim
 from resample_cli.operators import BicubicDownsample, GaussianBlur, ParallelBeamCT
 from resample_cli.operators.base import Operator
 from resample_cli.pipeline import restore
-from resample_cli.priors import load_prior
+from resample_cli.priors import LatentPrior, load_prior
 from resample_cli.solvers.classical import (
     bicubic_upsample,
     filtered_back_projection,
@@ -106,9 +106,47 @@ def pick_weight(weights, run: Callable[[float], float]) -> float:
     return best
 
 
-def run_task(name, cases, operator, noise, prior, baseline, presets, paper_images, rows):
+def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """What the prior's decoder can show of the truth ``x`` (oracles: they see ``x``, not ``y``):
+    the autoencoder's reconstruction D(E(x)), and D(z) for the latent z fitted to ``x`` by
+    ``steps`` Adam steps (lr 0.01) on the squared error, started from E(x). ReSample's output
+    is a decoded latent, so the second estimates (from below) the best it could reach."""
+    x = x.to(prior.device)
+    with torch.no_grad():
+        z = prior.encode(x * 2 - 1)
+        encoded = (prior.decode(z) + 1) / 2
+    z = z.detach().requires_grad_(True)
+    optimiser = torch.optim.Adam([z], lr=0.01)
+    for _ in range(steps):
+        loss = ((prior.decode(z) + 1) / 2 - x).pow(2).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        fitted = (prior.decode(z) + 1) / 2
+    return {
+        "oracle: D(E(x))": encoded.clamp(0, 1),
+        f"oracle: D(z) fitted to x, {steps} steps": fitted.clamp(0, 1),
+    }
+
+
+def run_task(name, cases, operator, noise, prior, baseline, presets, paper_images, rows, oracle_steps=0):
     """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows."""
     for index, (image_name, x) in enumerate(cases):
+        if oracle_steps:
+            start = time.perf_counter()
+            for label, estimate in decoded_references(prior, x, oracle_steps).items():
+                rows.append(
+                    (
+                        name,
+                        label,
+                        image_name,
+                        psnr(estimate, x),
+                        ssim(estimate, x),
+                        time.perf_counter() - start,
+                        None,
+                    )
+                )
         y, sigma = measure(operator, x, noise, seed=1000 + index)
         start = time.perf_counter()
         estimate = baseline[1](y)
@@ -181,6 +219,7 @@ def ct_part(args, rows) -> None:
         args.presets,
         args.paper_images,
         rows,
+        args.oracle_steps,
     )
 
 
@@ -197,7 +236,18 @@ def deblur_part(args, rows) -> None:
         ),
     )
     baseline = (f"tikhonov (weight {lam:g})", lambda y: regularised_least_squares(y, blur, lam))
-    run_task("deblur", cases, blur, 0.005, prior, baseline, args.presets, args.paper_images, rows)
+    run_task(
+        "deblur",
+        cases,
+        blur,
+        0.005,
+        prior,
+        baseline,
+        args.presets,
+        args.paper_images,
+        rows,
+        args.oracle_steps,
+    )
 
 
 def superres_part(args, rows) -> None:
@@ -215,6 +265,7 @@ def superres_part(args, rows) -> None:
         args.presets,
         args.paper_images,
         rows,
+        args.oracle_steps,
     )
 
 
@@ -286,6 +337,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--ct-images", type=int, default=20, help="held-out ellipse phantoms (plus Shepp-Logan)"
+    )
+    parser.add_argument(
+        "--oracle-steps",
+        type=int,
+        default=0,
+        help="also report the decoder's reach: D(E(x)) and D(z) with z fitted to the truth in this many steps",
     )
     parser.add_argument("--ct-model", default="ct-ellipses")
     parser.add_argument("--natural-model", default="dead-leaves")

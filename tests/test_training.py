@@ -324,6 +324,8 @@ def test_fine_tuning_a_base_prior_keeps_its_autoencoder_and_scale(tmp_path):
     prior = load_prior(str(tmp_path / "out"))
     assert prior.latent_scale == pytest.approx(KL_SCALING_FACTOR)
     assert prior.alphas_cumprod[-1] == pytest.approx(load_prior(str(base)).alphas_cumprod[-1])
+    card = (tmp_path / "out" / "model_card.md").read_text()
+    assert "| autoencoder | the base's, not trained further |" in card and "x KL" not in card
     with pytest.raises(TrainingError, match="3-channel"):
         train_prior(tiny(tmp_path / "grey", base=str(base), ae_steps=0, channels=1))
 

@@ -59,6 +59,7 @@ def model_card(
         ae_loss = f"L1 + {config.kl_weight:g} x KL (per-element means)"
     else:
         ae_loss = "L1 + VQ codebook/commitment loss"
+    ae_from_base = bool(config.base) and not result.ae_steps  # kept as the base had it
     unet_from_base = bool(config.base) and not result.unet_steps  # a trained UNet, kept as it was
     sampled = bool(result.unet_steps) or unet_from_base  # else the grid shows reconstructions
     weights = "the base's weights" if unet_from_base else f"EMA weights, decay {config.ema}"
@@ -99,7 +100,11 @@ def model_card(
         "| setting | value |",
         "|---|---|",
         f"| seed | {config.seed} |",
-        f"| autoencoder | {result.ae_steps} steps, batch {config.batch_size}, loss {ae_loss} |",
+        (
+            "| autoencoder | the base's, not trained further |"
+            if ae_from_base
+            else f"| autoencoder | {result.ae_steps} steps, batch {config.batch_size}, loss {ae_loss} |"
+        ),
         (
             "| UNet | the base's, not trained further |"
             if unet_from_base
