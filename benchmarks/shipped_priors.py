@@ -18,6 +18,7 @@ command line does. PSNR and SSIM are over the whole image, data range 1.
 
     python benchmarks/shipped_priors.py                     # every part, fast preset
     python benchmarks/shipped_priors.py --part ct --presets fast,paper --paper-images 1
+    python benchmarks/shipped_priors.py --part ct --presets "" --oracle-steps 300  # the decoder's reach
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
     with torch.no_grad():
         fitted = (prior.decode(z) + 1) / 2
     return {
-        "oracle: D(E(x))": encoded.clamp(0, 1),
-        f"oracle: D(z) fitted to x, {steps} steps": fitted.clamp(0, 1),
+        "oracle: D(E(x))": encoded.clamp(0, 1).cpu(),
+        f"oracle: D(z) fitted to x, {steps} steps": fitted.clamp(0, 1).cpu(),
     }
 
 
