@@ -131,12 +131,13 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
     }
 
 
-def run_task(name, cases, operator, noise, prior, baseline, presets, paper_images, rows, oracle_steps=0):
-    """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows."""
+def run_task(name, cases, operator, noise, prior, baseline, args, rows):
+    """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows.
+    ``args`` gives the presets, ``paper_images`` and ``oracle_steps``."""
     for index, (image_name, x) in enumerate(cases):
-        if oracle_steps:
+        if args.oracle_steps:
             start = time.perf_counter()
-            for label, estimate in decoded_references(prior, x, oracle_steps).items():
+            for label, estimate in decoded_references(prior, x, args.oracle_steps).items():
                 rows.append(
                     (
                         name,
@@ -155,8 +156,8 @@ def run_task(name, cases, operator, noise, prior, baseline, presets, paper_image
         rows.append(
             (name, baseline[0], image_name, base_psnr, ssim(estimate, x), time.perf_counter() - start, None)
         )
-        for preset in presets:
-            if preset == "paper" and index >= paper_images:
+        for preset in args.presets:
+            if preset == "paper" and index >= args.paper_images:
                 continue
             start = time.perf_counter()
             result = restore(
@@ -217,10 +218,8 @@ def ct_part(args, rows) -> None:
         None,
         prior,
         (f"tv-ls (weight {weight:g})", lambda y: tv(y, weight)),
-        args.presets,
-        args.paper_images,
+        args,
         rows,
-        args.oracle_steps,
     )
 
 
@@ -237,18 +236,7 @@ def deblur_part(args, rows) -> None:
         ),
     )
     baseline = (f"tikhonov (weight {lam:g})", lambda y: regularised_least_squares(y, blur, lam))
-    run_task(
-        "deblur",
-        cases,
-        blur,
-        0.005,
-        prior,
-        baseline,
-        args.presets,
-        args.paper_images,
-        rows,
-        args.oracle_steps,
-    )
+    run_task("deblur", cases, blur, 0.005, prior, baseline, args, rows)
 
 
 def superres_part(args, rows) -> None:
@@ -256,18 +244,7 @@ def superres_part(args, rows) -> None:
     prior = load_prior(args.natural_model)
     print(f"super-resolution: {', '.join(name for name, _ in cases)}, prior {args.natural_model}")
     baseline = ("bicubic", lambda y: bicubic_upsample(y, 4))
-    run_task(
-        "superres x4",
-        cases,
-        BicubicDownsample(4),
-        0.005,
-        prior,
-        baseline,
-        args.presets,
-        args.paper_images,
-        rows,
-        args.oracle_steps,
-    )
+    run_task("superres x4", cases, BicubicDownsample(4), 0.005, prior, baseline, args, rows)
 
 
 PARTS = {"ct": (ct_part,), "deblur": (deblur_part,), "superres": (superres_part,)}
