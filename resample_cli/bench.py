@@ -64,12 +64,13 @@ StepCallback = Callable[[int, int], None]  # (step, total)
 @dataclass(frozen=True)
 class Case:
     """One benchmark image: the clean image (C, H, W) in [0, 1], its measurement y (a
-    batch of one) and the operator that made it."""
+    batch of one), the operator that made it and the std of the noise added."""
 
     name: str
     clean: torch.Tensor
     y: torch.Tensor
     operator: Operator
+    sigma_y: float
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,6 @@ def run_bench(
     cases: Sequence[Case],
     solvers: Sequence[BenchSolver],
     *,
-    sigma_y: float,
     device: torch.device,
     lpips: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     on_start: Callable[[Case, BenchSolver], StepCallback | None] | None = None,
@@ -329,7 +329,7 @@ def run_bench(
             else:
                 on_step = on_start(case, solver) if on_start else None
                 try:
-                    image = _measure(row, case, y, operator, solver, sigma_y, device, on_step, lpips)
+                    image = _measure(row, case, y, operator, solver, device, on_step, lpips)
                 except ValueError as err:
                     row.note = f"failed: {err}"
             rows.append(row)
@@ -338,7 +338,8 @@ def run_bench(
     return rows
 
 
-def _measure(row, case, y, operator, solver, sigma_y, device, on_step, lpips) -> torch.Tensor:
+def _measure(row, case, y, operator, solver, device, on_step, lpips) -> torch.Tensor:
+    sigma_y = case.sigma_y
     with PeakMemory(device) as memory:
         _sync(device)
         start = time.perf_counter()

@@ -22,6 +22,7 @@ from conftest import STEPS, one_line_error, random_rgb, read_unit
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from resample_cli.operators import ParallelBeamCT
 from resample_cli.training.data import dead_leaves, ellipse_phantoms
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
@@ -384,3 +385,24 @@ def test_usage_errors(tmp_path, cli, args, needles):
     text = " ".join(r.stderr.split())
     assert all(needle in text for needle in needles), text
     assert not (tmp_path / "bench").exists()
+
+
+def test_ct_relative_noise_sets_each_images_sigma_and_only_applies_to_ct(tmp_path, cli):
+    out = tmp_path / "bench"
+    args = ["--synthetic", "ellipses", "--n", "2", "--size", "32", "--solvers", "fbp", *CPU]
+    cli("bench", "ct", *args, "--angles", "12", "--relative-noise", "0.02", "-o", out)
+    phantoms = ellipse_phantoms(2, 32, torch.Generator().manual_seed(0))
+    sigmas = [0.02 * float(ParallelBeamCT(12, 32)(p[None]).max()) for p in phantoms]
+    md = (out / "bench.md").read_text()
+    assert f"0.02 of each sinogram's maximum ({min(sigmas):.4g} to {max(sigmas):.4g})" in md
+    # Image 0 measured with its sigma given absolutely: the same draws at the same scale, so
+    # the same FBP image and the same residual over sigma.
+    cli("bench", "ct", *args, "--angles", "12", "--noise", repr(sigmas[0]), "-o", tmp_path / "abs")
+    relative, absolute = (read_csv(folder / "bench.csv")[1][0] for folder in (out, tmp_path / "abs"))
+    assert relative["image"] == absolute["image"] == "ellipses-000"
+    assert float(relative["residual_ratio"]) == pytest.approx(float(absolute["residual_ratio"]), rel=1e-3)
+    assert float(relative["psnr_db"]) == pytest.approx(float(absolute["psnr_db"]), abs=1e-3)
+
+    r = cli("bench", "deblur", *args, "--relative-noise", "0.02", "-o", tmp_path / "b2", expect=2)
+    assert "--relative-noise" in r.output and "applies to ct only" in r.output
+

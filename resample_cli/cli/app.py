@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from .. import __version__
@@ -15,7 +16,7 @@ from ..io.errors import InputError
 from ..operators import BicubicDownsample, ParallelBeamCT
 from .bench import bench
 from .models import models_app
-from .options import command_signature, positive, split_common
+from .options import RelativeNoise, command_signature, positive, split_common
 from .restore import Measurement, run_restore
 from .simulate import simulate_app
 from .tasks import (
@@ -266,6 +267,7 @@ class SinoLayout(str, Enum):
             ],
             None,
         ),
+        _param("relative_noise", RelativeNoise, None),
         _param(
             "dicom_template",
             Annotated[
@@ -278,7 +280,9 @@ class SinoLayout(str, Enum):
         ),
     ],
 )
-def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_template, common):
+def ct(
+    *, inputs, angles, angles_file, angle_unit, layout, image_size, relative_noise, dicom_template, common
+):
     angle_values = None
     if angles is not None and angles_file is not None:
         raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")
@@ -302,7 +306,8 @@ def ct(*, inputs, angles, angles_file, angle_unit, layout, image_size, dicom_tem
         op = ParallelBeamCT([float(a) for a in sino.angles_deg], size, det_count=n_det)
         y = to_batch(sino.data[None])
         extra = {"angles_deg": [float(a) for a in sino.angles_deg], "det_count": n_det, "image_size": size}
-        return Measurement(y, op, (1, size, size), 16, extra)
+        sigma_y = None if relative_noise is None else relative_noise * float(np.abs(sino.data).max())
+        return Measurement(y, op, (1, size, size), 16, extra, sigma_y)
 
     return run_restore(
         "ct",

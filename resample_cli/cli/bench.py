@@ -35,7 +35,7 @@ from ..priors import PriorError, load_prior
 from ..training.data import SyntheticSource
 from .console import Output
 from .files import check_output_dir, expand_inputs
-from .options import COMMON_PARAMETERS, positive
+from .options import COMMON_PARAMETERS, RelativeNoise, positive
 from .restore import resolve_device
 from .simulate import (
     CT_INPUTS,
@@ -82,6 +82,7 @@ TASK_OPTIONS = {
     "operator_arg": ("nonlinear-deblur",),
     "angles": ("ct",),
     "angles_file": ("ct",),
+    "relative_noise": ("ct",),
     "tv_weight": ("ct", "nonlinear-deblur"),
     "tikhonov_lam": ("deblur", "inpaint"),
 }
@@ -129,6 +130,7 @@ def bench(
             rich_help_panel=DATA,
         ),
     ] = None,
+    relative_noise: RelativeNoise = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -269,6 +271,7 @@ def bench(
     out = Output(quiet=quiet)
     targets = [output_dir / name for name in OUTPUTS]
     sigma_y = DEFAULT_NOISE[task.value] if noise is None else noise
+    relative = relative_noise is not None
     try:
         check_output_dir(output_dir)
         _refuse_existing(targets, overwrite)
@@ -278,7 +281,9 @@ def bench(
             out.log(f"loading model {spec} on {torch_device}")
             prior = load_prior(spec, revision=revision, device=torch_device)
         images, source = _images(task.value, data, synthetic, n, size, seed, prior)
-        cases = [_case(image, make, sigma_y, seed) for image in images]
+        cases = [
+            _case(image, make, relative_noise if relative else sigma_y, seed, relative) for image in images
+        ]
         saved = _image_paths(output_dir, cases, labels) if save_images else {}
         _refuse_existing(saved.values(), overwrite)
         if saved:
@@ -291,12 +296,16 @@ def bench(
     bench_solvers = build_solvers(labels, task.value, prior, settings)
     lpips, lpips_note = load_lpips(torch_device)
     try:
-        rows, failures = _run(out, task.value, cases, bench_solvers, sigma_y, torch_device, lpips, saved)
+        rows, failures = _run(out, task.value, cases, bench_solvers, torch_device, lpips, saved)
     except KeyboardInterrupt:
         out.error("interrupted; no bench files were written")
         raise typer.Exit(130) from None
+    noise_line = f"{sigma_y:g}"
+    if relative:
+        sigmas = [case.sigma_y for case in cases]
+        noise_line = f"{relative_noise:g} of each sinogram's maximum ({min(sigmas):.4g} to {max(sigmas):.4g})"
     lines = _settings(
-        task.value, cases, prior, source, sigma_y, seed, labels, steps, torch_device, dtype.value
+        task.value, cases, prior, source, noise_line, seed, labels, steps, torch_device, dtype.value
     )
     info = TableInfo(torch_device, lpips_note, lines)
     write_csv(targets[1], rows, info)
@@ -305,7 +314,7 @@ def bench(
     raise typer.Exit(out.summary(failures))
 
 
-def _run(out, task, cases, solvers, sigma_y, device, lpips, saved) -> tuple[list[Row], list[str]]:
+def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], list[str]]:
     """run_bench with progress bars and a log line per row; the rows and the failures."""
     failures: list[str] = []
     with out.progress() as bar:
@@ -333,9 +342,7 @@ def _run(out, task, cases, solvers, sigma_y, device, lpips, saved) -> tuple[list
             if bar:
                 bar.advance(runs_bar)
 
-        rows = run_bench(
-            cases, solvers, sigma_y=sigma_y, device=device, lpips=lpips, on_start=on_start, on_row=on_row
-        )
+        rows = run_bench(cases, solvers, device=device, lpips=lpips, on_start=on_start, on_row=on_row)
     return rows, failures
 
 
@@ -401,14 +408,14 @@ def _images(task, data, synthetic, n, size, seed, prior) -> tuple[list[LoadedIma
     return images, f"{n} synthetic {synthetic.value}, {size}x{size}, {channels} channel(s), seed {seed}"
 
 
-def _case(image: LoadedImage, make: Maker, sigma_y: float, seed: int) -> Case:
+def _case(image: LoadedImage, make: Maker, noise: float, seed: int, relative: bool) -> Case:
     generator = noise_generator(seed, image.path)
     op, _ = make(image, generator)
     try:
-        y = measure(op, image, sigma_y, generator)
+        y, sigma_y = measure(op, image, noise, generator, relative)
     except ValueError as err:  # e.g. a size the operator cannot take
         raise InputError(image.path, str(err)) from None
-    return Case(image.path.name, torch.from_numpy(image.data), y, op)
+    return Case(image.path.name, torch.from_numpy(image.data), y, op, sigma_y)
 
 
 def _image_paths(output_dir: Path, cases: list[Case], labels: list[str]) -> dict[tuple[str, str], Path]:
@@ -420,7 +427,7 @@ def _image_paths(output_dir: Path, cases: list[Case], labels: list[str]) -> dict
     }
 
 
-def _settings(task, cases, prior, source, sigma_y, seed, labels, steps, device, dtype) -> dict[str, str]:
+def _settings(task, cases, prior, source, noise, seed, labels, steps, device, dtype) -> dict[str, str]:
     """The lines above the tables: enough to run the benchmark again."""
     if prior is None:
         model = "none (classical solvers only)"
@@ -433,7 +440,7 @@ def _settings(task, cases, prior, source, sigma_y, seed, labels, steps, device, 
         "task": task,
         "operator (first image)": json.dumps(cases[0].operator.params()),
         "images": source,
-        "noise σ_y": f"{sigma_y:g}",
+        "noise σ_y": noise,
         "seed": str(seed),
         "solvers": ", ".join(labels) + ("" if steps is None else f" (--steps {steps})"),
         "model": model,

@@ -39,6 +39,17 @@ def positive(value: float | None) -> float | None:
     return value
 
 
+# CT noise is easier to state relative to the data: sinogram values grow with the image size.
+RelativeNoise = Annotated[
+    float | None,
+    typer.Option(
+        callback=positive,
+        help="CT noise std as a fraction of each sinogram's maximum (0.01 = 1 %); replaces --noise.",
+        show_default=False,
+    ),
+]
+
+
 @dataclass(frozen=True)
 class CommonOptions:
     model: str | None

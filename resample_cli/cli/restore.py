@@ -34,6 +34,7 @@ class Measurement:
     image_shape: tuple[int, int, int]  # (C, H, W) of the image to restore
     bit_depth: int = 8
     extra: dict | None = None  # task-specific facts for the report (e.g. CT angles)
+    sigma_y: float | None = None  # this input's noise std, when it replaces --noise
 
 
 class Writer:
@@ -152,7 +153,7 @@ def run_restore(
                     prior,
                     config,
                     image_shape=measurement.image_shape,
-                    sigma_y=common.noise,
+                    sigma_y=common.noise if measurement.sigma_y is None else measurement.sigma_y,
                     seed=common.seed,
                     samples=common.samples,
                     batch_size=common.batch_size,

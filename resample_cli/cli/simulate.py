@@ -20,7 +20,7 @@ from ..operators import BicubicDownsample, GaussianNoise, Inpainting, ParallelBe
 from ..operators.base import Operator
 from .console import Output
 from .files import check_output_dir, expand_inputs
-from .options import positive
+from .options import RelativeNoise, positive
 from .tasks import (
     DEFAULT_NOISE,
     IMAGE_INPUTS,
@@ -59,13 +59,18 @@ def noise_generator(seed: int, path: Path) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(path.name.encode()))
 
 
-def measure(op: Operator, clean: LoadedImage, noise: float, generator: torch.Generator) -> torch.Tensor:
-    """y = A(clean) + noise, a batch of one."""
+def measure(
+    op: Operator, clean: LoadedImage, noise: float, generator: torch.Generator, relative: bool = False
+) -> tuple[torch.Tensor, float]:
+    """y = A(clean) + noise, a batch of one, and the noise std: ``noise``, or with ``relative``
+    that fraction of the clean measurement's largest magnitude."""
     with torch.no_grad():
-        y = GaussianNoise(noise)(op(to_batch(clean.data)), generator=generator)
+        exact = op(to_batch(clean.data))
+        sigma = noise * float(exact.abs().max()) if relative else noise
+        y = GaussianNoise(sigma)(exact, generator=generator)
         if isinstance(op, Inpainting):
             y = op(y)  # missing pixels hold no data, not noise
-    return y
+    return y, sigma
 
 
 def _simulate_images(
@@ -78,9 +83,11 @@ def _simulate_images(
     make: Maker,
     suffixes: set[str] = IMAGE_INPUTS,
     read: Callable[[Path], LoadedImage] = read_image,
+    relative: bool = False,
 ) -> int:
     """For each clean file: build the operator (and any side files), measure, add noise,
-    write. ``make`` returns the operator and extra files to write, by name suffix."""
+    write. ``make`` returns the operator and extra files to write, by name suffix; with
+    ``relative``, ``noise`` is a fraction of each clean measurement's maximum."""
     out = Output()
     paths = expand_inputs(inputs, suffixes)
     try:
@@ -94,9 +101,12 @@ def _simulate_images(
             clean = read(path)
             gen = noise_generator(seed, path)
             op, extras = make(clean, gen)
-            y = measure(op, clean, noise, gen)[0].numpy()
-            written = _write_measurement(path, output_dir, y, clean.bit_depth, npy, overwrite, extras)
-            out.log(f"{path} -> {', '.join(str(p) for p in written)}")
+            y, sigma = measure(op, clean, noise, gen, relative)
+            written = _write_measurement(
+                path, output_dir, y[0].numpy(), clean.bit_depth, npy, overwrite, extras
+            )
+            note = f"  (noise std {sigma:.4g})" if relative else ""
+            out.log(f"{path} -> {', '.join(str(p) for p in written)}{note}")
         except (InputError, ValueError) as err:
             failures.append(str(err) if isinstance(err, InputError) else f"{path}: {err}")
             out.error(failures[-1])
@@ -264,11 +274,24 @@ def sim_ct(
         Path | None, typer.Option(help="Instead: a text or .npy file of angles in degrees.")
     ] = None,
     noise: Noise = DEFAULT_NOISE["ct"],
+    relative_noise: RelativeNoise = None,
     seed: Seed = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Project clean CT slices into sinograms: NAME.npz with 'sinogram' (angles, detectors) and 'angles' (degrees).
     DICOM slices are mapped from HU to [0, 1] through the window [-1024, 3072]."""
     make = ct_maker(ct_angles(angles, angles_file))
-    code = _simulate_images(inputs, output_dir, noise, seed, False, overwrite, make, CT_INPUTS, read_clean_ct)
+    relative = relative_noise is not None
+    code = _simulate_images(
+        inputs,
+        output_dir,
+        relative_noise if relative else noise,
+        seed,
+        False,
+        overwrite,
+        make,
+        CT_INPUTS,
+        read_clean_ct,
+        relative,
+    )
     raise typer.Exit(code)
