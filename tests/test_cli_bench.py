@@ -405,4 +405,3 @@ def test_ct_relative_noise_sets_each_images_sigma_and_only_applies_to_ct(tmp_pat
 
     r = cli("bench", "deblur", *args, "--relative-noise", "0.02", "-o", tmp_path / "b2", expect=2)
     assert "--relative-noise" in r.output and "applies to ct only" in r.output
-

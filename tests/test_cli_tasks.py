@@ -314,7 +314,10 @@ def test_ct_relative_noise_is_a_fraction_of_each_sinograms_maximum(tmp_path, cli
     random_grey(tmp_path / "slice.png")
     clean = apply(ParallelBeamCT(12, 32), read_unit(tmp_path / "slice.png"))[0]
     sigma = 0.05 * float(clean.max())
-    for name, noise in {"relative": ["--relative-noise", "0.05"], "absolute": ["--noise", str(sigma)]}.items():
+    for name, noise in {
+        "relative": ["--relative-noise", "0.05"],
+        "absolute": ["--noise", str(sigma)],
+    }.items():
         cli("simulate", "ct", tmp_path / "slice.png", "-o", tmp_path / name, "--angles", "12", *noise)
     noisy = {name: np.load(tmp_path / name / "slice.npz")["sinogram"] for name in ("relative", "absolute")}
     # Same seed and file name, so the same draws: the relative option only sets their scale.
@@ -325,7 +328,9 @@ def test_ct_relative_noise_is_a_fraction_of_each_sinograms_maximum(tmp_path, cli
     cli("ct", tmp_path / "relative" / "slice.npz", "-o", out, "--relative-noise", "0.05", *model_args)
     report = load_report(out / "slice.report.json")
     # resample ct sees only the noisy sinogram, so the fraction is of its maximum.
-    assert report["residual"]["sigma_y"] == pytest.approx(0.05 * float(np.abs(noisy["relative"]).max()), rel=1e-5)
+    assert report["residual"]["sigma_y"] == pytest.approx(
+        0.05 * float(np.abs(noisy["relative"]).max()), rel=1e-5
+    )
 
 
 def test_ct_from_a_dicom_slice_writes_a_derived_dicom(tmp_path, cli, grey_prior_dir):
