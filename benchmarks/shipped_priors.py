@@ -19,6 +19,7 @@ command line does. PSNR and SSIM are over the whole image, data range 1.
     python benchmarks/shipped_priors.py                     # every part, fast preset
     python benchmarks/shipped_priors.py --part ct --presets fast,paper --paper-images 1
     python benchmarks/shipped_priors.py --part ct --presets "" --oracle-steps 300  # the decoder's reach
+    python benchmarks/shipped_priors.py --part ct --samples 4      # the mean of 4 posterior samples
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
 
 def run_task(name, cases, operator, noise, prior, baseline, args, rows):
     """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows.
-    ``args`` gives the presets, ``paper_images`` and ``oracle_steps``."""
+    ``args`` gives the presets, ``paper_images``, ``oracle_steps`` and ``samples``."""
+    mean_of = f" (mean of {args.samples})" if args.samples > 1 else ""
     for index, (image_name, x) in enumerate(cases):
         if args.oracle_steps:
             start = time.perf_counter()
@@ -168,13 +170,14 @@ def run_task(name, cases, operator, noise, prior, baseline, args, rows):
                 image_shape=tuple(x.shape[1:]),
                 sigma_y=sigma,
                 seed=index,
+                samples=args.samples,
             )
             seconds = time.perf_counter() - start
             estimate = result.x[None]
             rows.append(
                 (
                     name,
-                    f"resample:{preset}",
+                    f"resample:{preset}{mean_of}",
                     image_name,
                     psnr(estimate, x),
                     ssim(estimate, x),
@@ -183,7 +186,7 @@ def run_task(name, cases, operator, noise, prior, baseline, args, rows):
                 )
             )
             print(
-                f"  {name} {image_name} resample:{preset}: {rows[-1][3]:.2f} dB ({seconds:.0f} s); {baseline[0]} {base_psnr:.2f} dB"
+                f"  {name} {image_name} resample:{preset}{mean_of}: {rows[-1][3]:.2f} dB ({seconds:.0f} s); {baseline[0]} {base_psnr:.2f} dB"
             )
 
 
@@ -321,6 +324,9 @@ def main() -> None:
         type=int,
         default=0,
         help="also report the decoder's reach: D(E(x)) and D(z) with z fitted to the truth in this many steps",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="ReSample posterior samples per image; their mean is scored"
     )
     parser.add_argument("--ct-model", default="ct-ellipses")
     parser.add_argument("--natural-model", default="dead-leaves")
