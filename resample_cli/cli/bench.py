@@ -271,7 +271,6 @@ def bench(
     out = Output(quiet=quiet)
     targets = [output_dir / name for name in OUTPUTS]
     sigma_y = DEFAULT_NOISE[task.value] if noise is None else noise
-    relative = relative_noise is not None
     try:
         check_output_dir(output_dir)
         _refuse_existing(targets, overwrite)
@@ -281,9 +280,7 @@ def bench(
             out.log(f"loading model {spec} on {torch_device}")
             prior = load_prior(spec, revision=revision, device=torch_device)
         images, source = _images(task.value, data, synthetic, n, size, seed, prior)
-        cases = [
-            _case(image, make, relative_noise if relative else sigma_y, seed, relative) for image in images
-        ]
+        cases = [_case(image, make, sigma_y, relative_noise, seed) for image in images]
         saved = _image_paths(output_dir, cases, labels) if save_images else {}
         _refuse_existing(saved.values(), overwrite)
         if saved:
@@ -301,7 +298,7 @@ def bench(
         out.error("interrupted; no bench files were written")
         raise typer.Exit(130) from None
     noise_line = f"{sigma_y:g}"
-    if relative:
+    if relative_noise is not None:
         sigmas = [case.sigma_y for case in cases]
         noise_line = f"{relative_noise:g} of each sinogram's maximum ({min(sigmas):.4g} to {max(sigmas):.4g})"
     lines = _settings(
@@ -408,11 +405,11 @@ def _images(task, data, synthetic, n, size, seed, prior) -> tuple[list[LoadedIma
     return images, f"{n} synthetic {synthetic.value}, {size}x{size}, {channels} channel(s), seed {seed}"
 
 
-def _case(image: LoadedImage, make: Maker, noise: float, seed: int, relative: bool) -> Case:
+def _case(image: LoadedImage, make: Maker, noise: float, relative_noise: float | None, seed: int) -> Case:
     generator = noise_generator(seed, image.path)
     op, _ = make(image, generator)
     try:
-        y, sigma_y = measure(op, image, noise, generator, relative)
+        y, sigma_y = measure(op, image, noise, generator, relative_noise)
     except ValueError as err:  # e.g. a size the operator cannot take
         raise InputError(image.path, str(err)) from None
     return Case(image.path.name, torch.from_numpy(image.data), y, op, sigma_y)

@@ -60,13 +60,17 @@ def noise_generator(seed: int, path: Path) -> torch.Generator:
 
 
 def measure(
-    op: Operator, clean: LoadedImage, noise: float, generator: torch.Generator, relative: bool = False
+    op: Operator,
+    clean: LoadedImage,
+    noise: float,
+    generator: torch.Generator,
+    relative_noise: float | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """y = A(clean) + noise, a batch of one, and the noise std: ``noise``, or with ``relative``
-    that fraction of the clean measurement's largest magnitude."""
+    """y = A(clean) + noise, a batch of one, and the noise std: ``noise``, or when
+    ``relative_noise`` is given, that fraction of the clean measurement's largest magnitude."""
     with torch.no_grad():
         exact = op(to_batch(clean.data))
-        sigma = noise * float(exact.abs().max()) if relative else noise
+        sigma = noise if relative_noise is None else relative_noise * float(exact.abs().max())
         y = GaussianNoise(sigma)(exact, generator=generator)
         if isinstance(op, Inpainting):
             y = op(y)  # missing pixels hold no data, not noise
@@ -83,11 +87,11 @@ def _simulate_images(
     make: Maker,
     suffixes: set[str] = IMAGE_INPUTS,
     read: Callable[[Path], LoadedImage] = read_image,
-    relative: bool = False,
+    relative_noise: float | None = None,
 ) -> int:
     """For each clean file: build the operator (and any side files), measure, add noise,
-    write. ``make`` returns the operator and extra files to write, by name suffix; with
-    ``relative``, ``noise`` is a fraction of each clean measurement's maximum."""
+    write. ``make`` returns the operator and extra files to write, by name suffix;
+    ``relative_noise`` replaces ``noise`` as in ``measure``."""
     out = Output()
     paths = expand_inputs(inputs, suffixes)
     try:
@@ -101,11 +105,11 @@ def _simulate_images(
             clean = read(path)
             gen = noise_generator(seed, path)
             op, extras = make(clean, gen)
-            y, sigma = measure(op, clean, noise, gen, relative)
+            y, sigma = measure(op, clean, noise, gen, relative_noise)
             written = _write_measurement(
                 path, output_dir, y[0].numpy(), clean.bit_depth, npy, overwrite, extras
             )
-            note = f"  (noise std {sigma:.4g})" if relative else ""
+            note = "" if relative_noise is None else f"  (noise std {sigma:.4g})"
             out.log(f"{path} -> {', '.join(str(p) for p in written)}{note}")
         except (InputError, ValueError) as err:
             failures.append(str(err) if isinstance(err, InputError) else f"{path}: {err}")
@@ -281,17 +285,7 @@ def sim_ct(
     """Project clean CT slices into sinograms: NAME.npz with 'sinogram' (angles, detectors) and 'angles' (degrees).
     DICOM slices are mapped from HU to [0, 1] through the window [-1024, 3072]."""
     make = ct_maker(ct_angles(angles, angles_file))
-    relative = relative_noise is not None
     code = _simulate_images(
-        inputs,
-        output_dir,
-        relative_noise if relative else noise,
-        seed,
-        False,
-        overwrite,
-        make,
-        CT_INPUTS,
-        read_clean_ct,
-        relative,
+        inputs, output_dir, noise, seed, False, overwrite, make, CT_INPUTS, read_clean_ct, relative_noise
     )
     raise typer.Exit(code)
