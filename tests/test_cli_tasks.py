@@ -333,6 +333,25 @@ def test_ct_relative_noise_is_a_fraction_of_each_sinograms_maximum(tmp_path, cli
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ct", "slice.npz"],
+        ["simulate", "ct", "slice.png"],
+        ["bench", "ct", "--synthetic", "ellipses", "--n", "1", "--size", "32", "--solvers", "fbp"],
+    ],
+    ids=["ct", "simulate-ct", "bench-ct"],
+)
+def test_noise_and_relative_noise_together_are_refused(tmp_path, cli, command):
+    random_grey(tmp_path / "slice.png")
+    np.savez(tmp_path / "slice.npz", sinogram=np.ones((12, 32)), angles=np.arange(12) * 15.0)
+    args = [tmp_path / a if a.startswith("slice.") else a for a in command]
+    out = tmp_path / "out"
+    r = cli(*args, "-o", out, "--noise", "0.1", "--relative-noise", "0.01", expect=2)
+    assert "give either --noise or --relative-noise, not both" in " ".join(r.output.split())
+    assert not out.exists()
+
+
 def test_ct_from_a_dicom_slice_writes_a_derived_dicom(tmp_path, cli, grey_prior_dir):
     hu = ct_hu_phantom()
     padding = np.zeros(hu.shape, bool)

@@ -16,7 +16,7 @@ from ..io.errors import InputError
 from ..operators import BicubicDownsample, ParallelBeamCT
 from .bench import bench
 from .models import models_app
-from .options import RelativeNoise, command_signature, positive, split_common
+from .options import RelativeNoise, check_one_noise, command_signature, positive, split_common
 from .restore import Measurement, run_restore
 from .simulate import simulate_app
 from .tasks import (
@@ -223,6 +223,7 @@ class SinoLayout(str, Enum):
     "Reconstruct sparse-view parallel-beam CT from sinograms (.npy 2-D, or .npz with 'sinogram' and optional "
     "'angles').",
     [
+        _param("ctx", typer.Context),
         _param(
             "angles",
             Annotated[
@@ -281,8 +282,19 @@ class SinoLayout(str, Enum):
     ],
 )
 def ct(
-    *, inputs, angles, angles_file, angle_unit, layout, image_size, relative_noise, dicom_template, common
+    *,
+    ctx,
+    inputs,
+    angles,
+    angles_file,
+    angle_unit,
+    layout,
+    image_size,
+    relative_noise,
+    dicom_template,
+    common,
 ):
+    check_one_noise(ctx, relative_noise)
     angle_values = None
     if angles is not None and angles_file is not None:
         raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")

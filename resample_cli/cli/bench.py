@@ -35,7 +35,7 @@ from ..priors import PriorError, load_prior
 from ..training.data import SyntheticSource
 from .console import Output
 from .files import check_output_dir, expand_inputs
-from .options import COMMON_PARAMETERS, RelativeNoise, positive
+from .options import COMMON_PARAMETERS, RelativeNoise, check_one_noise, given_options, positive
 from .restore import resolve_device
 from .simulate import (
     CT_INPUTS,
@@ -256,6 +256,7 @@ def bench(
     residual / (sigma_y sqrt(m)), UNet and decoder passes, seconds and peak memory per image, with the mean
     ± std over images."""
     _check_task_options(ctx, task.value, synthetic is not None)
+    check_one_noise(ctx, relative_noise)
     try:
         labels = parse_solvers(solvers, task.value)
     except ValueError as err:
@@ -345,10 +346,7 @@ def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], li
 
 def _check_task_options(ctx: typer.Context, task: str, synthetic: bool) -> None:
     """An option given for a task it does not apply to is a usage error, not silently ignored."""
-    # By name: Typer may vendor its own click, whose ParameterSource is another enum.
-    given = {
-        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    }
+    given = given_options(ctx)
     for name, tasks in TASK_OPTIONS.items():
         if name in given and task not in tasks:
             raise typer.BadParameter(

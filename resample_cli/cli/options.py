@@ -44,10 +44,26 @@ RelativeNoise = Annotated[
     float | None,
     typer.Option(
         callback=positive,
-        help="CT noise std as a fraction of each sinogram's maximum (0.01 = 1 %); replaces --noise.",
+        help="CT noise std as a fraction of each sinogram's maximum (0.01 = 1 %), instead of --noise.",
         show_default=False,
     ),
 ]
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The names of the parameters given on the command line, not left at their defaults."""
+    # By name: Typer may vendor its own click, whose ParameterSource is another enum.
+    return {
+        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
+
+
+def check_one_noise(ctx: typer.Context, relative_noise: float | None) -> None:
+    """Refuse --noise with --relative-noise: both set the noise std, and picking one silently hides a typo."""
+    if relative_noise is not None and "noise" in given_options(ctx):
+        raise typer.BadParameter(
+            "give either --noise or --relative-noise, not both", param_hint="--relative-noise"
+        )
 
 
 @dataclass(frozen=True)

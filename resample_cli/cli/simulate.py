@@ -20,7 +20,7 @@ from ..operators import BicubicDownsample, GaussianNoise, Inpainting, ParallelBe
 from ..operators.base import Operator
 from .console import Output
 from .files import check_output_dir, expand_inputs
-from .options import RelativeNoise, positive
+from .options import RelativeNoise, check_one_noise, positive
 from .tasks import (
     DEFAULT_NOISE,
     IMAGE_INPUTS,
@@ -264,6 +264,7 @@ def sim_nonlinear(
 
 @simulate_app.command("ct")
 def sim_ct(
+    ctx: typer.Context,
     inputs: Annotated[
         list[Path],
         typer.Argument(
@@ -284,6 +285,7 @@ def sim_ct(
 ) -> None:
     """Project clean CT slices into sinograms: NAME.npz with 'sinogram' (angles, detectors) and 'angles' (degrees).
     DICOM slices are mapped from HU to [0, 1] through the window [-1024, 3072]."""
+    check_one_noise(ctx, relative_noise)
     make = ct_maker(ct_angles(angles, angles_file))
     code = _simulate_images(
         inputs, output_dir, noise, seed, False, overwrite, make, CT_INPUTS, read_clean_ct, relative_noise
