@@ -137,6 +137,28 @@ def test_deblur_with_a_motion_kernel_file(tmp_path, cli, model_args, prior_dir):
     check_residual(report, y, apply(op, x), atol=Q8)
 
 
+def test_threads_sets_torchs_thread_count(tmp_path, cli, model_args):
+    random_rgb(tmp_path / "photo.png")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cli(
+            "deblur",
+            tmp_path / "photo.png",
+            "--sigma",
+            "1",
+            "--threads",
+            "1",
+            "-o",
+            tmp_path / "out",
+            *model_args,
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert files_in(tmp_path / "out") == {"photo.png", "photo.report.json"}
+
+
 # --- superres -----------------------------------------------------------------------
 
 

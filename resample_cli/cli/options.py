@@ -78,6 +78,7 @@ class CommonOptions:
     batch_size: int | None
     device: Device
     dtype: DType
+    threads: int | None
     output_dir: Path
     suffix: str
     skip_existing: bool
@@ -210,6 +211,19 @@ COMMON_PARAMETERS = [
             ),
         ],
         DType.float32,
+    ),
+    _kw(
+        "threads",
+        Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="CPU threads for torch (e.g. 1 per job when several share a machine). "
+                "[default: torch's choice]",
+                rich_help_panel=COMMON,
+            ),
+        ],
+        None,
     ),
     _kw(
         "output_dir",

@@ -91,6 +91,8 @@ def run_restore(
     if common.skip_existing and common.overwrite:
         raise typer.BadParameter("--skip-existing and --overwrite exclude each other")
     device = resolve_device(common.device)
+    if common.threads is not None:
+        torch.set_num_threads(common.threads)
     paths = expand_inputs(inputs, suffixes)
     if not paths:
         raise typer.BadParameter("no input files", param_hint="INPUT")
