@@ -13,13 +13,14 @@ super-resolution, both with noise std 0.005. Baselines: Tikhonov (Wiener) deconv
 and Pillow bicubic upsampling; the Tikhonov weight is picked from a grid by mean PSNR on
 the test photographs themselves, which favours the baseline.
 
-ReSample runs through ``pipeline.restore`` (one sample, seed = image index), as the
-command line does. PSNR and SSIM are over the whole image, data range 1.
+ReSample runs through ``pipeline.restore`` (one sample, seed = image index, plus
+``--seed-offset`` to draw other samples), as the command line does. PSNR and SSIM are over the whole image, data range 1.
 
     python benchmarks/shipped_priors.py                     # every part, fast preset
     python benchmarks/shipped_priors.py --part ct --presets fast,paper --paper-images 1
     python benchmarks/shipped_priors.py --part ct --presets "" --oracle-steps 300  # the decoder's reach
     python benchmarks/shipped_priors.py --part ct --samples 4      # the mean of 4 posterior samples
+    python benchmarks/shipped_priors.py --part ct --seed-offset 100  # other draws of one sample
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
 
 def run_task(name, cases, operator, noise, prior, baseline, args, rows):
     """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows.
-    ``args`` gives the presets, ``paper_images``, ``oracle_steps`` and ``samples``."""
+    ``args`` gives the presets, ``paper_images``, ``oracle_steps``, ``samples`` and ``seed_offset``."""
     mean_of = f" (mean of {args.samples})" if args.samples > 1 else ""
     for index, (image_name, x) in enumerate(cases):
         if args.oracle_steps:
@@ -169,7 +170,7 @@ def run_task(name, cases, operator, noise, prior, baseline, args, rows):
                 ReSampleConfig.preset(preset),
                 image_shape=tuple(x.shape[1:]),
                 sigma_y=sigma,
-                seed=index,
+                seed=index + args.seed_offset,
                 samples=args.samples,
             )
             seconds = time.perf_counter() - start
@@ -327,6 +328,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--samples", type=int, default=1, help="ReSample posterior samples per image; their mean is scored"
+    )
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="ReSample's seed is the image index plus this: other posterior draws, same measurements",
     )
     parser.add_argument("--ct-model", default="ct-ellipses")
     parser.add_argument("--natural-model", default="dead-leaves")
