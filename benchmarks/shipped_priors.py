@@ -14,7 +14,8 @@ and Pillow bicubic upsampling; the Tikhonov weight is picked from a grid by mean
 the test photographs themselves, which favours the baseline.
 
 ReSample runs through ``pipeline.restore`` (one sample, seed = image index, plus
-``--seed-offset`` to draw other samples), as the command line does. PSNR and SSIM are over the whole image, data range 1.
+``--seed-offset`` to draw other samples), as the command line does. PSNR and SSIM are
+over the whole image, data range 1.
 
     python benchmarks/shipped_priors.py                     # every part, fast preset
     python benchmarks/shipped_priors.py --part ct --presets fast,paper --paper-images 1
