@@ -305,11 +305,41 @@ def test_offline_with_an_empty_cache_says_how_to_fetch(hf_cache):
     assert "--revision abc" in one_line_error(fetch_prior, "celebahq", revision="abc")
 
 
-def test_a_cached_snapshot_missing_weights_counts_as_not_cached(hf_cache):
+def test_a_cached_snapshot_missing_weights_names_the_missing_file(hf_cache):
     snapshot = cache_repo(hf_cache)
     (snapshot / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     assert prior_cache_path(REPO) is None
-    assert "resample models download" in one_line_error(load_prior, REPO)
+    message = one_line_error(load_prior, REPO)
+    assert "unet/diffusion_pytorch_model.safetensors (or .bin)" in message and str(snapshot) in message
+    assert f"resample models download {REPO}" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_a_folder_model_needs_no_registry(tmp_path, monkeypatch):
+    folder = make_tiny_prior(tmp_path / "m")
+    missing = tmp_path / "no-such-registry.toml"
+    assert load_prior(str(folder), registry=missing).info.path == str(folder.resolve())
+    assert prior_cache_path(str(folder), registry=missing) == folder.resolve()
+    # A bare name that is a folder here works too when the registry cannot be read.
+    monkeypatch.chdir(tmp_path)
+    assert load_prior("m", registry=missing).info.path == str(folder.resolve())
+    assert "cannot read the model registry" in one_line_error(load_prior, "celebahq", registry=missing)
+
+
+def test_old_scheduler_keys_load_without_warnings(tmp_path, capfd):
+    """The Hub's CelebA-HQ scheduler config still carries keys diffusers dropped long ago."""
+    folder = make_tiny_prior(tmp_path / "m")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "timestep_values": None, "timesteps": 1000}))
+    capfd.readouterr()
+    prior = load_prior(str(folder))
+    captured = capfd.readouterr()
+    assert "timestep_values" not in captured.err + captured.out
+    assert "accelerate" not in captured.err + captured.out  # diffusers' loading chatter stays quiet
+    reference = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear"
+    )
+    torch.testing.assert_close(prior.alphas_cumprod, reference.alphas_cumprod.double())
 
 
 def test_missing_subfolder_names_it_and_the_expected_layout(tmp_path):

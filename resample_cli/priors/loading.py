@@ -1,29 +1,37 @@
 """Finding a prior by registry name, folder or Hub repository id; fetching it into the
-Hugging Face cache; building a ``DiffusersPrior`` from it without unrestricted pickle.
+Hugging Face cache; building a ``DiffusersPrior`` from it with diffusers' own loader.
 
 A Hub model already in the cache is used without contacting the Hub (so runs are fast and
 work offline); ``fetch_prior`` is what refreshes a branch revision such as ``main``.
+
+Weights load through diffusers' ``from_pretrained`` (see ``_network``): safetensors when the
+folder has them, else ``.bin`` through ``torch.load(weights_only=True)`` (never unrestricted
+unpickling), with the attention parameter names of early diffusers releases (``query``,
+``key``, ``value``, ``proj_attn``) renamed on load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from .base import PriorInfo
-from .checkpoint import load_weights
 from .diffusers_prior import DiffusersPrior, default_latent_scale
 from .errors import PriorError
 from .layout import AUTOENCODER_FOLDERS, BIN, CONFIG, SAFETENSORS, SCHEDULER_CONFIG, find_layout, weights_file
-from .registry import load_registry
+from .registry import RegistryEntry, load_registry
 
 __all__ = ["PriorError", "fetch_prior", "load_prior", "prior_cache_path"]
 
@@ -80,7 +88,7 @@ def prior_cache_path(
     """The folder a model would load from without the network, or None if it is not all there."""
     source = _resolve(spec, revision, registry)
     if source.folder is None:
-        return _cached_snapshot(source)
+        return _complete_snapshot(source)
     try:
         find_layout(source.folder, source.name, **source.layout_kwargs())
     except PriorError:
@@ -89,34 +97,54 @@ def prior_cache_path(
 
 
 def _resolve(spec: str, revision: str | None, registry: Path | str | None) -> _Source:
-    entries = load_registry(registry)
     command = f"resample models download {spec}" + (f" --revision {revision}" if revision else "")
-    if spec in entries:
-        entry = entries[spec]
-        if entry.kind == "bundled" and revision is not None:
-            raise PriorError(f"model {spec!r} is bundled with resample; it has no revisions")
-        return _Source(
-            name=spec,
-            command=command,
-            repo=entry.repo,
-            revision=revision or entry.revision,
-            folder=entry.path,
-            unet=entry.unet,
-            autoencoder=entry.autoencoder,
-            scheduler=entry.scheduler,
-            latent_scale=entry.latent_scale,
-        )
     folder = Path(spec).expanduser()
+    if folder.is_dir() and _names_a_path(spec):  # a folder never needs the registry
+        return _folder_source(spec, command, folder, revision)
+    try:
+        entries = load_registry(registry)
+    except PriorError:
+        if folder.is_dir() or _REPO_ID.match(spec):
+            entries = {}
+        else:
+            raise
+    if spec in entries:
+        return _entry_source(entries[spec], command, revision)
     if folder.is_dir():
-        if revision is not None:
-            raise PriorError(f"model {spec!r} is a local folder; a revision applies only to Hub models")
-        return _Source(name=spec, command=command, folder=folder.resolve())
+        return _folder_source(spec, command, folder, revision)
     if _REPO_ID.match(spec):
         return _Source(name=spec, command=command, repo=spec, revision=revision)
     known = ", ".join(sorted(entries)) or "none"
     raise PriorError(
         f"unknown model {spec!r}: not a registry name (known: {known}), an existing folder, "
         "or a Hugging Face Hub repo id like owner/name"
+    )
+
+
+def _names_a_path(spec: str) -> bool:
+    """Written as a path (a separator, ``.`` or ``~`` first) rather than a bare registry name."""
+    return "/" in spec or "\\" in spec or spec.startswith((".", "~"))
+
+
+def _folder_source(spec: str, command: str, folder: Path, revision: str | None) -> _Source:
+    if revision is not None:
+        raise PriorError(f"model {spec!r} is a local folder; a revision applies only to Hub models")
+    return _Source(name=spec, command=command, folder=folder.resolve())
+
+
+def _entry_source(entry: RegistryEntry, command: str, revision: str | None) -> _Source:
+    if entry.kind == "bundled" and revision is not None:
+        raise PriorError(f"model {entry.name!r} is bundled with resample; it has no revisions")
+    return _Source(
+        name=entry.name,
+        command=command,
+        repo=entry.repo,
+        revision=revision or entry.revision,
+        folder=entry.path,
+        unet=entry.unet,
+        autoencoder=entry.autoencoder,
+        scheduler=entry.scheduler,
+        latent_scale=entry.latent_scale,
     )
 
 
@@ -131,8 +159,9 @@ def _config_patterns(source: _Source) -> list[str]:
 
 
 def _cached_snapshot(source: _Source) -> Path | None:
+    """The cached snapshot folder of ``source``'s revision (configs at least), or None."""
     try:
-        folder = Path(
+        return Path(
             snapshot_download(
                 source.repo,
                 revision=source.revision,
@@ -141,8 +170,17 @@ def _cached_snapshot(source: _Source) -> Path | None:
                 local_files_only=True,
             )
         )
+    except LocalEntryNotFoundError:
+        return None
+
+
+def _complete_snapshot(source: _Source) -> Path | None:
+    folder = _cached_snapshot(source)
+    if folder is None:
+        return None
+    try:
         find_layout(folder, source.name, **source.layout_kwargs())
-    except (LocalEntryNotFoundError, PriorError):
+    except PriorError:
         return None
     return folder
 
@@ -151,7 +189,14 @@ def _hub_folder(source: _Source, *, refresh: bool) -> Path:
     if not refresh or constants.HF_HUB_OFFLINE:
         cached = _cached_snapshot(source)
         if cached is not None:
-            return cached
+            try:
+                find_layout(cached, source.name, **source.layout_kwargs())
+                return cached
+            except PriorError as err:
+                if constants.HF_HUB_OFFLINE:  # name the missing file, and how to fetch it
+                    raise PriorError(
+                        f"{err}; HF_HUB_OFFLINE is set: fetch it with {source.command}"
+                    ) from None
         if constants.HF_HUB_OFFLINE:
             raise _not_cached(source, "HF_HUB_OFFLINE is set")
     try:
@@ -202,6 +247,8 @@ def _not_cached(source: _Source, reason: str) -> PriorError:
 
 def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dtype) -> DiffusersPrior:
     layout = find_layout(folder, source.name, **source.layout_kwargs())
+    # The raw files, not the built models' configs: diffusers fills in defaults (a missing
+    # scaling_factor becomes Stable Diffusion's) that would hide what the file says.
     unet_config = _read_json(layout.unet / CONFIG, source.name)
     ae_config = _read_json(layout.autoencoder / CONFIG, source.name)
     if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
@@ -216,16 +263,9 @@ def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dty
             f"model {source.name!r}: {layout.autoencoder.name}/ holds a {ae_config['_class_name']}; "
             "expected a VQModel or AutoencoderKL"
         )
-    unet = _network(UNet2DModel, unet_config, layout.unet, source.name)
-    autoencoder = _network(ae_class, ae_config, layout.autoencoder, source.name)
-    scheduler_file = layout.scheduler / SCHEDULER_CONFIG
-    try:
-        # Whatever scheduler trained the model, the noise schedule is what DDIM sampling needs.
-        scheduler = DDIMScheduler.from_config(_read_json(scheduler_file, source.name))
-    except (TypeError, ValueError, NotImplementedError) as err:
-        raise PriorError(
-            f"model {source.name!r}: {scheduler_file} is not a usable scheduler config ({err})"
-        ) from err
+    unet = _network(UNet2DModel, layout.unet, source.name)
+    autoencoder = _network(ae_class, layout.autoencoder, source.name)
+    scheduler = _scheduler(layout.scheduler / SCHEDULER_CONFIG, source.name)
     latent_scale = source.latent_scale if source.latent_scale is not None else default_latent_scale(ae_config)
     info = PriorInfo(
         name=source.name,
@@ -238,15 +278,73 @@ def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dty
     )
 
 
-def _network(cls: type, config: dict[str, Any], folder: Path, name: str) -> Any:
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """Keep diffusers' loading chatter (accelerate advice, ignored config keys, the
+    "unsafe serialization" note it prints even though .bin files load with
+    weights_only=True) off the user's terminal; real problems become PriorErrors."""
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
     try:
-        model = cls.from_config(config)
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _network(cls: type, folder: Path, name: str) -> Any:
+    """One network through diffusers' ``from_pretrained``, from the weight file the layout
+    check found; every parameter must be in the file with the config's shape."""
+    weights = weights_file(folder)
+    try:
+        with _quiet_diffusers():
+            model, info = cls.from_pretrained(
+                folder,
+                local_files_only=True,
+                use_safetensors=weights.name == SAFETENSORS,
+                low_cpu_mem_usage=False,  # needed to report mismatched shapes instead of failing on them
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
     except (TypeError, ValueError) as err:
         raise PriorError(
-            f"model {name!r}: {folder / CONFIG} is not a valid {cls.__name__} config ({err})"
+            f"model {name!r}: {folder / CONFIG} is not a valid {cls.__name__} config ({_first_line(err)})"
         ) from err
-    load_weights(model, weights_file(folder), name)
+    except (OSError, RuntimeError) as err:
+        cause = err.__cause__ or err
+        raise PriorError(
+            f"model {name!r}: weight file {weights} is corrupt, truncated or not a plain tensor file "
+            f"({type(cause).__name__}: {_first_line(cause)})"
+        ) from err
+    problems = []
+    for kind in ("missing", "unexpected"):
+        keys = sorted(info[f"{kind}_keys"])
+        if keys:
+            problems.append(f"{len(keys)} {kind} (e.g. {', '.join(keys[:3])})")
+    for key, in_file, by_config in info["mismatched_keys"][:1]:
+        problems.append(f"{key} is {tuple(in_file)} in the file but {tuple(by_config)} by the config")
+    if problems:
+        raise PriorError(
+            f"model {name!r}: weights in {weights} do not match {folder.name}/{CONFIG}: {'; '.join(problems)}"
+        )
     return model
+
+
+def _scheduler(path: Path, name: str) -> DDIMScheduler:
+    """DDIM over the model's training noise schedule, whichever scheduler the file names.
+    Keys DDIM does not take (old ones such as ``timestep_values``, or another scheduler's)
+    are left out rather than warned about on every run: only the schedule matters here."""
+    config = _read_json(path, name)
+    accepted = inspect.signature(DDIMScheduler.__init__).parameters
+    try:
+        return DDIMScheduler.from_config({k: v for k, v in config.items() if k in accepted})
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise PriorError(f"model {name!r}: {path} is not a usable scheduler config ({err})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    # The first sentence only: torch's further advice (retry with weights_only=False) is not ours to give.
+    text = str(err).strip()
+    return re.split(r"\.\s|\n", text, maxsplit=1)[0] if text else type(err).__name__
 
 
 def _read_json(path: Path, name: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The registry of known models: ``weights/registry.toml`` maps a short name to a Hub
-repository at a pinned revision, or to a model bundled under ``weights/``.
-Each field is documented in ``weights/README.md``."""
+"""The registry of known models: ``registry.toml`` (shipped in ``resample_cli/bundled/``) maps a
+short name to a Hub repository at a pinned revision, or to a model bundled beside it.
+Each field is documented in the repository's ``weights/README.md``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..bundled import registry_file
 from .errors import PriorError
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the backport, a dependency there
     import tomli as tomllib
-
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "weights" / "registry.toml"
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def load_registry(path: Path | str | None = None) -> dict[str, RegistryEntry]:
-    """All entries of the registry file at ``path`` (default: the project's ``weights/registry.toml``)."""
-    path = Path(path) if path is not None else DEFAULT_REGISTRY
+    """All entries of the registry file at ``path`` (default: the one shipped with the package)."""
+    path = Path(path) if path is not None else registry_file()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
