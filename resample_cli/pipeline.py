@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import __version__
 from .operators.base import Operator
 from .operators.compose import ChannelMean, Cropped
 from .priors.base import LatentPrior
@@ -144,6 +145,7 @@ def report(
     info = prior.info
     out = {
         "version": REPORT_VERSION,
+        "resample_version": __version__,
         "task": task,
         "operator": operator.params(),
         "model": {"name": info.name, "repo": info.repo, "revision": info.revision, "path": info.path},

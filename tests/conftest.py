@@ -3,6 +3,7 @@ session, a CliRunner call, and small image, report and CT-file helpers."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -28,6 +29,7 @@ STEPS = 3  # DDIM steps of every restoring run: about a second each on a CPU
 # The report's fixed keys (DESIGN.md, "Measurement-residual report").
 REPORT_KEYS = {
     "version",
+    "resample_version",
     "task",
     "input",
     "output",
@@ -213,6 +215,7 @@ def check_report(
     """The fixed keys of DESIGN.md, with the values this run must have."""
     assert REPORT_KEYS <= set(report), REPORT_KEYS - set(report)
     assert report["version"] == 1 and report["task"] == task
+    assert report["resample_version"] == importlib.metadata.version("resample-cli")
     assert report["input"] == str(source) and report["output"] == str(output)
     assert isinstance(report["operator"], dict) and report["operator"]["name"]
     assert report["model"] == {**report["model"], "name": str(model), "repo": None, "revision": None}
