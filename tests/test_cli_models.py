@@ -50,3 +50,26 @@ def test_version(cli):
     from resample_cli import __version__
 
     assert cli("--version").stdout.strip() == f"resample {__version__}"
+
+
+@pytest.mark.parametrize(
+    "command", [("models", "list"), ("models", "list", "--json"), ("models", "info", "celebahq")]
+)
+def test_a_broken_registry_is_one_error_line_not_a_traceback(cli, tmp_path, monkeypatch, command):
+    broken = tmp_path / "registry.toml"
+    broken.write_text("[models.x\nrepo = ")
+    monkeypatch.setattr("resample_cli.priors.registry.registry_file", lambda: broken)
+    r = cli(*command, expect=1 if command[1] == "list" else 2)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(broken) in lines[0]
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_cache_that_is_not_a_folder_lists_models_as_not_cached(cli, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(not_a_folder))
+    listed = json.loads(cli("models", "list", "--json").stdout)
+    assert listed["celebahq"]["cached"] == "no" and listed["ct-ellipses"]["cached"] != "no"

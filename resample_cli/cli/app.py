@@ -1,38 +1,39 @@
-"""The ``resample`` command: five restoring tasks, ``simulate`` and ``models``."""
+"""The ``resample`` command: five restoring tasks, ``simulate``, ``bench``, ``train-prior``
+and ``models``.
+
+The command modules declare options with the standard library and typer only, so that
+``--version`` and ``--help`` answer at once; each command imports torch, the priors and
+the solvers when it runs, and only once the checks that need no model have passed.
+"""
 
 from __future__ import annotations
 
 import inspect
 from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from .. import __version__
-from ..io.ct import read_angles_file, read_sinogram
-from ..io.errors import InputError
-from ..operators import BicubicDownsample, ParallelBeamCT
 from .bench import bench
 from .models import models_app
-from .options import RelativeNoise, check_one_noise, command_signature, positive, split_common
-from .restore import Measurement, run_restore
-from .simulate import simulate_app
-from .tasks import (
-    DEFAULT_MODELS,
-    IMAGE_INPUTS,
-    CTWriter,
-    ImageWriter,
-    blur_operator,
-    image_measurement,
-    inpainting_operator,
-    mask_for,
-    nonlinear_operator,
-    read_clean_ct,
-    to_batch,
+from .options import (
+    CommonOptions,
+    RelativeNoise,
+    check_one_noise,
+    command_signature,
+    odd,
+    positive,
+    require_existing,
+    split_common,
 )
+from .simulate import simulate_app
 from .train import train_prior
+
+if TYPE_CHECKING:
+    from .batch import Batch
 
 app = typer.Typer(
     name="resample",
@@ -65,7 +66,8 @@ INPUTS = inspect.Parameter(
 
 def restoring_command(name: str, help_text: str, task_parameters: list[inspect.Parameter]):
     """Register a command whose signature is INPUT..., the task's options, then the
-    common options; the decorated function turns the task options into a runner call."""
+    common options; the decorated function takes the task's options and ``common``
+    (``CommonOptions``) as keywords and returns the exit code."""
 
     def register(body):
         def command(**kwargs):
@@ -81,6 +83,20 @@ def restoring_command(name: str, help_text: str, task_parameters: list[inspect.P
     return register
 
 
+def _plan_images(task: str, inputs: list[Path], common: CommonOptions) -> Batch:
+    """An image task's batch, planned from the files alone (no torch)."""
+    from .batch import plan_batch
+    from .files import IMAGE_INPUTS
+    from .writers import ImageWriter
+
+    return plan_batch(task, inputs, IMAGE_INPUTS, ImageWriter(), common)
+
+
+# Each body plans its batch first: with nothing left to restore (every input skipped or
+# refused) it ends there, without torch or a model. Only then does it import the task's
+# operators and the batch loop, and build the operator, whose errors are usage errors.
+
+
 @restoring_command(
     "deblur",
     "Deblur images: Gaussian blur of std --sigma (pixels), or a motion-blur kernel read from --kernel.",
@@ -92,7 +108,7 @@ def restoring_command(name: str, help_text: str, task_parameters: list[inspect.P
         ),
         _param(
             "kernel_size",
-            Annotated[int, typer.Option(min=1, help="Gaussian kernel width in pixels (odd).")],
+            Annotated[int, typer.Option(min=1, callback=odd, help="Gaussian kernel width in pixels (odd).")],
             61,
         ),
         _param(
@@ -106,16 +122,14 @@ def restoring_command(name: str, help_text: str, task_parameters: list[inspect.P
     ],
 )
 def deblur(*, inputs, sigma, kernel_size, kernel, common):
+    batch = _plan_images("deblur", inputs, common)
+    if not batch.to_restore:
+        return batch.finish_without_model()
+    from .restore import run_restore
+    from .tasks import blur_operator, image_measurement
+
     op = blur_operator(sigma, kernel_size, kernel)
-    return run_restore(
-        "deblur",
-        inputs,
-        IMAGE_INPUTS,
-        lambda p: image_measurement(p, lambda hw: op),
-        ImageWriter(),
-        common,
-        DEFAULT_MODELS["deblur"],
-    )
+    return run_restore(batch, lambda path: image_measurement(path, lambda hw: op))
 
 
 @restoring_command(
@@ -124,16 +138,15 @@ def deblur(*, inputs, sigma, kernel_size, kernel, common):
     [_param("scale", Annotated[int, typer.Option(min=2, help="Upsampling factor, an integer >= 2.")], 4)],
 )
 def superres(*, inputs, scale, common):
+    batch = _plan_images("superres", inputs, common)
+    if not batch.to_restore:
+        return batch.finish_without_model()
+    from ..operators import BicubicDownsample
+    from .restore import run_restore
+    from .tasks import image_measurement
+
     op = BicubicDownsample(scale)
-    return run_restore(
-        "superres",
-        inputs,
-        IMAGE_INPUTS,
-        lambda p: image_measurement(p, lambda hw: op, scale),
-        ImageWriter(),
-        common,
-        DEFAULT_MODELS["superres"],
-    )
+    return run_restore(batch, lambda path: image_measurement(path, lambda hw: op, scale))
 
 
 @restoring_command(
@@ -154,15 +167,14 @@ def superres(*, inputs, scale, common):
     ],
 )
 def inpaint(*, inputs, mask, common):
-    def prepare(path: Path) -> Measurement:
-        measured = image_measurement(path, lambda hw: inpainting_operator(mask_for(path, mask), hw, path))
-        # Whatever a missing pixel holds in the file (zero, white scratches) is not data.
-        measured.y = measured.operator(measured.y)
-        return measured
+    require_existing(mask, "--mask")
+    batch = _plan_images("inpaint", inputs, common)
+    if not batch.to_restore:
+        return batch.finish_without_model()
+    from .restore import run_restore
+    from .tasks import inpainting_measurement
 
-    return run_restore(
-        "inpaint", inputs, IMAGE_INPUTS, prepare, ImageWriter(), common, DEFAULT_MODELS["inpaint"]
-    )
+    return run_restore(batch, lambda path: inpainting_measurement(path, mask))
 
 
 @restoring_command(
@@ -193,19 +205,17 @@ def inpaint(*, inputs, mask, common):
     ],
 )
 def nonlinear_deblur(*, inputs, operator, operator_arg, common):
+    batch = _plan_images("nonlinear-deblur", inputs, common)
+    if not batch.to_restore:
+        return batch.finish_without_model()
+    from .restore import run_restore
+    from .tasks import image_measurement, nonlinear_operator
+
     try:
         op = nonlinear_operator(operator, operator_arg or [])
     except (ValueError, ImportError, TypeError) as err:
         raise typer.BadParameter(str(err), param_hint="--operator") from None
-    return run_restore(
-        "nonlinear-deblur",
-        inputs,
-        IMAGE_INPUTS,
-        lambda p: image_measurement(p, lambda hw: op),
-        ImageWriter(),
-        common,
-        DEFAULT_MODELS["nonlinear-deblur"],
-    )
+    return run_restore(batch, lambda path: image_measurement(path, lambda hw: op))
 
 
 class AngleUnit(str, Enum):
@@ -295,42 +305,39 @@ def ct(
     common,
 ):
     check_one_noise(ctx, relative_noise)
-    angle_values = None
     if angles is not None and angles_file is not None:
         raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")
+    require_existing(dicom_template, "--dicom-template")
+    angle_values = None
     if angles_file is not None:
+        from ..io.ct import read_angles_file
+        from ..io.errors import InputError
+
         try:
             angle_values = read_angles_file(angles_file)
         except InputError as err:
             raise typer.BadParameter(str(err), param_hint="--angles-file") from None
+    from .batch import plan_batch
+    from .files import SINOGRAM_INPUTS
+    from .writers import CTWriter
 
-    def prepare(path: Path) -> Measurement:
-        sino = read_sinogram(
-            path,
-            angles=angle_values,
-            n_angles=angles,
-            angle_unit=angle_unit.value,
-            layout=None if layout is None else layout.value,
-            angles_source=None if angles_file is None else str(angles_file),
-        )
-        n_det = sino.data.shape[1]
-        size = image_size or n_det
-        op = ParallelBeamCT([float(a) for a in sino.angles_deg], size, det_count=n_det)
-        y = to_batch(sino.data[None])
-        extra = {"angles_deg": [float(a) for a in sino.angles_deg], "det_count": n_det, "image_size": size}
-        sigma_y = None if relative_noise is None else relative_noise * float(np.abs(sino.data).max())
-        return Measurement(y, op, (1, size, size), 16, extra, sigma_y)
+    batch = plan_batch("ct", inputs, SINOGRAM_INPUTS, CTWriter(dicom_template), common)
+    if not batch.to_restore:
+        return batch.finish_without_model()
+    from .restore import run_restore
+    from .tasks import ct_measurement, read_clean_ct
 
-    return run_restore(
-        "ct",
-        inputs,
-        {".npy", ".npz"},
-        prepare,
-        CTWriter(dicom_template),
-        common,
-        DEFAULT_MODELS["ct"],
-        read_reference=lambda p: read_clean_ct(p).data,
+    prepare = partial(
+        ct_measurement,
+        angles=angle_values,
+        n_angles=angles,
+        angle_unit=angle_unit.value,
+        layout=None if layout is None else layout.value,
+        angles_source=None if angles_file is None else str(angles_file),
+        image_size=image_size,
+        relative_noise=relative_noise,
     )
+    return run_restore(batch, prepare, read_reference=lambda path: read_clean_ct(path).data)
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..io.errors import InputError
+from ..io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES
+from .options import CommonOptions
+
+IMAGE_INPUTS = IMAGE_SUFFIXES | ARRAY_SUFFIXES
+SINOGRAM_INPUTS = {".npy", ".npz"}
+CT_INPUTS = IMAGE_INPUTS | {".dcm"}  # clean CT slices: DICOM in HU, or images in [0, 1]
 
 
 def expand_inputs(items: Iterable[str | Path], suffixes: set[str]) -> list[Path]:
@@ -35,6 +41,17 @@ def _matches(path: Path, suffixes: set[str]) -> bool:
     return path.suffix.lower() in suffixes
 
 
+def check_input_file(path: Path) -> None:
+    """Fail with one line if ``path`` is not a file this process can read: what can be
+    known without decoding it (its contents are checked when it is read)."""
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if not path.is_file():
+        raise InputError(path, "not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "not readable (permission denied)")
+
+
 def match_by_name(path: Path, folder: Path, suffixes: Iterable[str], tags: Iterable[str] = ("",)) -> Path:
     """The file in ``folder`` named like ``path`` (its stem, optionally + a tag such as
     ".mask", with any of ``suffixes``)."""
@@ -44,6 +61,11 @@ def match_by_name(path: Path, folder: Path, suffixes: Iterable[str], tags: Itera
             if candidate.is_file():
                 return candidate
     raise InputError(path, f"no file named {path.stem}.* in {folder} to match it")
+
+
+def stem_path(source: Path, common: CommonOptions, tail: str) -> Path:
+    """The output of ``source`` ending in ``tail``: in --output-dir, with --suffix."""
+    return common.output_dir / f"{source.stem}{common.suffix}{tail}"
 
 
 def check_output_dir(folder: Path) -> None:

@@ -1,24 +1,40 @@
-"""``resample models``: the registry, where models are cached, fetching ahead of time."""
+"""``resample models``: the registry, where models are cached, fetching ahead of time.
+
+Each command imports the priors (and with them huggingface_hub and diffusers) when it
+runs, so that ``--help`` answers at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
-from huggingface_hub import constants
-from rich.console import Console
-from rich.table import Table
-
-from ..priors import PriorError, fetch_prior, get_entry, load_registry, prior_cache_path
 
 models_app = typer.Typer(help="List, inspect and download the known models.", no_args_is_help=True)
 
 
+@contextlib.contextmanager
+def _one_line_errors(exit_code: int = 1) -> Iterator[None]:
+    """A registry or cache problem ends the command with one ``error:`` line, never a traceback."""
+    from ..priors import PriorError
+
+    try:
+        yield
+    except (PriorError, OSError, ValueError) as err:
+        # OSError: an unreadable cache folder; ValueError: huggingface_hub's validation errors.
+        message = " ".join(str(err).split()) or type(err).__name__
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(exit_code) from None
+
+
 def _cached(name: str) -> str:
+    from ..priors import PriorError, prior_cache_path
+
     try:
         path = prior_cache_path(name)
-    except PriorError:
+    except (PriorError, OSError, ValueError):  # a broken cache entry is simply not available offline
         return "no"
     return str(path) if path else "no"
 
@@ -28,7 +44,13 @@ def list_models(
     json_out: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ) -> None:
     """List the registry's models and whether each is available offline."""
-    entries = load_registry()
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..priors import load_registry
+
+    with _one_line_errors():
+        entries = load_registry()
     if json_out:
         typer.echo(
             json.dumps({name: {**_entry_dict(e), "cached": _cached(name)} for name, e in entries.items()})
@@ -50,11 +72,12 @@ def list_models(
 @models_app.command("info")
 def info(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
     """Show every registry field of a model and where it is cached."""
-    try:
+    from huggingface_hub import constants
+
+    from ..priors import get_entry
+
+    with _one_line_errors(exit_code=2):
         entry = get_entry(name)
-    except PriorError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     for key, value in {
         **_entry_dict(entry),
         "cached": _cached(name),
@@ -71,11 +94,10 @@ def download(
     ] = None,
 ) -> None:
     """Fetch a model into the Hugging Face cache so later runs work offline."""
-    try:
+    from ..priors import fetch_prior
+
+    with _one_line_errors():
         path = fetch_prior(name, revision)
-    except PriorError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{name}: ready at {path}")
 
 

@@ -2,6 +2,9 @@
 
 Typer reads a command's options from its signature, so the commands are built with
 ``command_signature``: the task's own parameters followed by these.
+
+Only the standard library and typer here: ``--help`` and ``--version`` read these
+declarations, and must not wait for torch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+# The prior each task uses without --model.
+DEFAULT_MODELS = {
+    "deblur": "celebahq",
+    "superres": "celebahq",
+    "inpaint": "celebahq",
+    "nonlinear-deblur": "celebahq",
+    "ct": "ct-ellipses",
+}
+# Simulated noise std without --noise: the paper's 0.01 on [-1, 1] for images; none for CT
+# (sinogram units, whose scale depends on the image size).
+DEFAULT_NOISE = {"deblur": 0.005, "superres": 0.005, "inpaint": 0.005, "nonlinear-deblur": 0.005, "ct": 0.0}
 
 
 class Preset(str, Enum):
@@ -37,6 +52,19 @@ def positive(value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
+
+
+def odd(value: int) -> int:
+    """A Gaussian kernel needs a middle pixel: refuse an even width while parsing."""
+    if value % 2 == 0:
+        raise typer.BadParameter(f"must be odd, got {value}")
+    return value
+
+
+def require_existing(path: Path | None, param_hint: str) -> None:
+    """A file or folder option that names nothing is a usage error, found before any work."""
+    if path is not None and not path.exists():
+        raise typer.BadParameter(f"{path}: no such file or folder", param_hint=param_hint)
 
 
 # CT noise is easier to state relative to the data: sinogram values grow with the image size.

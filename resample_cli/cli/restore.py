@@ -1,5 +1,8 @@
 """The batch loop shared by the restoring commands: one input at a time, outputs
-written atomically, failures collected and reported at the end."""
+written atomically, failures collected and reported at the end.
+
+Imported only once a command has work to do (it imports torch and the priors); the
+batch is planned, and the errors that need no model reported, in ``batch``."""
 
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ from ..operators.base import Operator
 from ..priors import PriorError, load_prior
 from ..report import plot_residuals, write_report
 from ..solvers.resample import ReSampleConfig
+from .batch import Batch
 from .console import Output
-from .files import check_output_dir, expand_inputs, match_by_name
-from .options import CommonOptions, Device
+from .files import check_output_dir, match_by_name
+from .options import DEFAULT_MODELS, Device
 
 
 @dataclass
@@ -35,29 +39,6 @@ class Measurement:
     bit_depth: int = 8
     extra: dict | None = None  # task-specific facts for the report (e.g. CT angles)
     sigma_y: float | None = None  # this input's noise std, when it replaces --noise
-
-
-class Writer:
-    """Names and writes a task's outputs. Subclasses say which files an input yields."""
-
-    def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
-        """The task's own outputs; the key "output" names the main one."""
-        raise NotImplementedError
-
-    def write(
-        self,
-        paths: dict[str, Path],
-        image: np.ndarray,
-        measurement: Measurement,
-        source: Path,
-        done: list[Path],
-    ) -> None:
-        """Write the outputs, appending each finished file to ``done``."""
-        raise NotImplementedError
-
-
-def stem_path(source: Path, common: CommonOptions, tail: str) -> Path:
-    return common.output_dir / f"{source.stem}{common.suffix}{tail}"
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -77,31 +58,25 @@ def resolve_device(device: Device) -> torch.device:
 
 
 def run_restore(
-    task: str,
-    inputs: list[Path],
-    suffixes: set[str],
+    batch: Batch,
     prepare: Callable[[Path], Measurement],
-    writer: Writer,
-    common: CommonOptions,
-    default_model: str,
     read_reference: Callable[[Path], np.ndarray] = lambda p: read_image(p).data,
 ) -> int:
-    """Restore every input; return the exit code (0 all written, 1 some failed)."""
-    out = Output(quiet=common.quiet, json_lines=common.json)
-    if common.skip_existing and common.overwrite:
-        raise typer.BadParameter("--skip-existing and --overwrite exclude each other")
+    """Restore the inputs ``batch`` planned to; return the exit code (0 all written,
+    1 some failed). The inputs planning refused or skipped are reported before the
+    model loads."""
+    common, writer = batch.common, batch.writer
     device = resolve_device(common.device)
     if common.threads is not None:
         torch.set_num_threads(common.threads)
-    paths = expand_inputs(inputs, suffixes)
-    if not paths:
-        raise typer.BadParameter("no input files", param_hint="INPUT")
+    out = Output(quiet=common.quiet, json_lines=common.json)
+    batch.report_planned(out)
     try:
         check_output_dir(common.output_dir)
     except InputError as err:
         out.error(str(err))
         return 1
-    spec = common.model or default_model
+    spec = common.model or DEFAULT_MODELS[batch.task]
     out.log(f"loading model {spec} on {device}")
     try:
         prior = load_prior(spec, revision=common.revision, device=device)
@@ -112,21 +87,14 @@ def run_restore(
     config = ReSampleConfig.preset(common.preset.value, **overrides)
     autocast = None if common.dtype.value == "float32" else getattr(torch, common.dtype.value)
     failures: list[str] = []
-    written = skipped = 0
+    written = 0
+    to_restore = batch.to_restore
     with out.progress() as bar:
-        files_bar = bar.add_task(task, total=len(paths)) if bar else None
+        files_bar = bar.add_task(batch.task, total=len(to_restore)) if bar else None
         steps_bar = bar.add_task("steps", total=config.steps) if bar else None
-        for source in paths:
-            planned = {**writer.paths(source, common), **_auxiliary_paths(source, common)}
-            existing = [p for p in planned.values() if p.exists()]
-            if existing and common.skip_existing:
-                skipped += 1
-                out.record({"input": str(source), "status": "skipped", "output": str(planned["output"])})
-                _advance(bar, files_bar)
-                continue
+        for planned in to_restore:
+            source, outputs = planned.source, planned.outputs
             try:
-                if existing and not common.overwrite:
-                    raise InputError(existing[0], "output exists; pass --overwrite or --skip-existing")
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     measurement = prepare(source)
@@ -138,7 +106,7 @@ def run_restore(
                     ref_path = common.reference
                     if ref_path.is_dir():
                         ref_path = match_by_name(
-                            source, ref_path, sorted(suffixes | {".png", ".npy", ".dcm"})
+                            source, ref_path, sorted(batch.suffixes | {".png", ".npy", ".dcm"})
                         )
                     reference = read_reference(ref_path)
                 n_chunks = -(-common.samples // (common.batch_size or common.samples))
@@ -164,7 +132,7 @@ def run_restore(
                 )
                 image = result.x.numpy()
                 report = pipeline.report(
-                    task=task,
+                    task=batch.task,
                     operator=measurement.operator,
                     prior=prior,
                     config=config,
@@ -174,10 +142,10 @@ def run_restore(
                     dtype=common.dtype.value,
                     metrics=None if reference is None else _metrics(source, image, reference),
                 )
-                report = {"input": str(source), "output": str(planned["output"]), **report}
+                report = {"input": str(source), "output": str(outputs["output"]), **report}
                 if measurement.extra:
                     report["operator"].update(measurement.extra)
-                _write_all(planned, writer, image, measurement, source, result, report, common)
+                _write_all(outputs, writer, image, measurement, source, result, report, common)
             except (InputError, ValueError) as err:
                 failures.append(str(err) if isinstance(err, InputError) else f"{source}: {err}")
                 out.error(failures[-1])
@@ -188,20 +156,19 @@ def run_restore(
             else:
                 written += 1
                 res = report["residual"]
-                out.log(f"{source} -> {planned['output']}  residual/sigma_y = {_fmt(res['ratio'])}")
+                out.log(f"{source} -> {outputs['output']}  residual/sigma_y = {_fmt(res['ratio'])}")
                 out.record(
                     {
                         "input": str(source),
                         "status": "ok",
-                        "output": str(planned["output"]),
-                        "report": str(planned["report"]),
+                        "output": str(outputs["output"]),
+                        "report": str(outputs["report"]),
                         "residual": res,
                         "metrics": report.get("metrics"),
                     }
                 )
             _advance(bar, files_bar)
-    out.log(f"{written} written, {skipped} skipped, {len(failures)} failed")
-    return out.summary(failures)
+    return batch.summarise(out, written, failures)
 
 
 def _check_shapes(source: Path, measurement: Measurement) -> None:
@@ -223,16 +190,6 @@ def _check_shapes(source: Path, measurement: Measurement) -> None:
         )
 
 
-def _auxiliary_paths(source: Path, common: CommonOptions) -> dict[str, Path]:
-    paths = {"report": stem_path(source, common, ".report.json")}
-    if common.samples > 1:
-        paths["std_png"] = stem_path(source, common, ".std.png")
-        paths["std_npy"] = stem_path(source, common, ".std.npy")
-    if common.plot:
-        paths["plot"] = stem_path(source, common, ".residual.png")
-    return paths
-
-
 def _advance(bar, task_id) -> None:
     if bar:
         bar.advance(task_id)
@@ -249,28 +206,28 @@ def _metrics(source: Path, image: np.ndarray, reference: np.ndarray) -> dict:
     return {"psnr": psnr(x, ref), "ssim": ssim(x, ref)}
 
 
-def _write_all(planned, writer, image, measurement, source, result, report, common) -> None:
+def _write_all(outputs, writer, image, measurement, source, result, report, common) -> None:
     """Write every output of one input; on any failure remove those already written,
     so an input yields all its files or none."""
     done: list[Path] = []
     try:
-        writer.write(planned, image, measurement, source, done)
+        writer.write(outputs, image, measurement, source, done)
         if result.std is not None:
             std = result.std.numpy()
             scale = float(std.max()) or 1.0
-            write_image(planned["std_npy"], std)
-            done.append(planned["std_npy"])
-            write_image(planned["std_png"], std / scale)
-            done.append(planned["std_png"])
+            write_image(outputs["std_npy"], std)
+            done.append(outputs["std_npy"])
+            write_image(outputs["std_png"], std / scale)
+            done.append(outputs["std_png"])
             report["uncertainty"] = {
-                "std_npy": str(planned["std_npy"]),
-                "std_png": str(planned["std_png"]),
+                "std_npy": str(outputs["std_npy"]),
+                "std_png": str(outputs["std_png"]),
                 "std_png_scale": scale,
             }
         if common.plot:
-            plot_residuals(planned["plot"], report["residual"]["per_dc_step"], report["residual"]["sigma_y"])
-            done.append(planned["plot"])
-        write_report(planned["report"], report)
+            plot_residuals(outputs["plot"], report["residual"]["per_dc_step"], report["residual"]["sigma_y"])
+            done.append(outputs["plot"])
+        write_report(outputs["report"], report)
     except BaseException:
         for path in done:
             path.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
-"""What each task reads, which operator it builds, and what it writes.
+"""What each task reads and which operator it builds: the measurements the restoring
+commands restore, and the operators of ``resample simulate`` and ``resample bench``.
 
-Shared by the restoring commands and by ``resample simulate``.
+Imported by a command only when it runs: it imports torch.
 """
 
 from __future__ import annotations
@@ -12,34 +13,12 @@ import numpy as np
 import torch
 import typer
 
-from ..io.ct import hu_to_unit, read_dicom_hu, unit_to_hu, write_derived_dicom
+from ..io.ct import hu_to_unit, read_dicom_hu, read_sinogram
 from ..io.errors import InputError
-from ..io.images import (
-    ARRAY_SUFFIXES,
-    IMAGE_SUFFIXES,
-    LoadedImage,
-    load_array,
-    read_image,
-    save_array,
-    write_image,
-)
-from ..operators import Blur, GaussianBlur, Inpainting, NonlinearBlur, load_operator
+from ..io.images import LoadedImage, load_array, read_image
+from ..operators import Blur, GaussianBlur, Inpainting, NonlinearBlur, ParallelBeamCT, load_operator
 from .files import match_by_name
-from .options import CommonOptions
-from .restore import Measurement, Writer, stem_path
-
-IMAGE_INPUTS = IMAGE_SUFFIXES | ARRAY_SUFFIXES
-# The prior each task uses without --model.
-DEFAULT_MODELS = {
-    "deblur": "celebahq",
-    "superres": "celebahq",
-    "inpaint": "celebahq",
-    "nonlinear-deblur": "celebahq",
-    "ct": "ct-ellipses",
-}
-# Simulated noise std without --noise: the paper's 0.01 on [-1, 1] for images; none for CT
-# (sinogram units, whose scale depends on the image size).
-DEFAULT_NOISE = {"deblur": 0.005, "superres": 0.005, "inpaint": 0.005, "nonlinear-deblur": 0.005, "ct": 0.0}
+from .restore import Measurement
 
 
 def to_batch(image: np.ndarray) -> torch.Tensor:
@@ -61,9 +40,8 @@ def read_kernel(path: Path) -> np.ndarray:
 
 
 def blur_operator(sigma: float, kernel_size: int, kernel: Path | None) -> Blur:
-    """The blur the deblur options describe; bad options are usage errors (exit 2)."""
-    if kernel_size % 2 == 0:
-        raise typer.BadParameter(f"must be odd, got {kernel_size}", param_hint="--kernel-size")
+    """The blur the deblur options describe (``kernel_size`` is odd: the option's callback
+    checks it); an unusable kernel file is a usage error (exit 2)."""
     if kernel is None:
         return GaussianBlur(sigma, kernel_size)
     try:
@@ -130,53 +108,7 @@ def nonlinear_operator(spec: str | None, args: list[str]):
     return load_operator(spec, **parse_operator_args(args))
 
 
-# --- writers ----------------------------------------------------------------
-
-
-class ImageWriter(Writer):
-    """The restored image beside its report: .npy for .npy inputs, 16-bit TIFF or PNG
-    for 16-bit grey inputs, else 8-bit PNG."""
-
-    def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
-        return {"output": stem_path(source, common, output_suffix(source))}
-
-    def write(self, paths, image, measurement, source, done) -> None:
-        bit_depth = measurement.bit_depth if image.shape[0] == 1 else 8
-        write_image(paths["output"], image, bit_depth=16 if bit_depth == 16 else 8)
-        done.append(paths["output"])
-
-
-def output_suffix(source: Path) -> str:
-    suffix = source.suffix.lower()
-    if suffix == ".npy":
-        return ".npy"
-    return ".tif" if suffix in (".tif", ".tiff") else ".png"
-
-
-class CTWriter(Writer):
-    """A PNG of the [0, 1] image (the HU window), a float32 .npy in HU, and with a
-    template a derived DICOM slice."""
-
-    def __init__(self, dicom_template: Path | None):
-        self.dicom_template = dicom_template
-
-    def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
-        paths = {"output": stem_path(source, common, ".png"), "hu": stem_path(source, common, ".npy")}
-        if self.dicom_template is not None:
-            paths["dicom"] = stem_path(source, common, ".dcm")
-        return paths
-
-    def write(self, paths, image, measurement, source, done) -> None:
-        write_image(paths["output"], image)
-        done.append(paths["output"])
-        hu = unit_to_hu(image[0])
-        save_array(paths["hu"], hu)
-        done.append(paths["hu"])
-        if "dicom" in paths:
-            write_derived_dicom(
-                paths["dicom"], hu, self.dicom_template, f"ReSample reconstruction of {source.name}"
-            )
-            done.append(paths["dicom"])
+# --- CT ---------------------------------------------------------------------
 
 
 def read_clean_ct(path: Path) -> LoadedImage:
@@ -191,6 +123,9 @@ def read_clean_ct(path: Path) -> LoadedImage:
     return image
 
 
+# --- measurements -----------------------------------------------------------
+
+
 def image_measurement(path: Path, operator_for, scale: int = 1) -> Measurement:
     """Measurement for the image tasks: y is the file, the unknown image is ``scale``
     times larger."""
@@ -198,3 +133,42 @@ def image_measurement(path: Path, operator_for, scale: int = 1) -> Measurement:
     c, h, w = loaded.data.shape
     op = operator_for((h, w))
     return Measurement(to_batch(loaded.data), op, (c, h * scale, w * scale), loaded.bit_depth)
+
+
+def inpainting_measurement(path: Path, mask: Path) -> Measurement:
+    """An image with missing pixels and its mask (a file, or a folder matched by name)."""
+    measured = image_measurement(path, lambda hw: inpainting_operator(mask_for(path, mask), hw, path))
+    # Whatever a missing pixel holds in the file (zero, white scratches) is not data.
+    measured.y = measured.operator(measured.y)
+    return measured
+
+
+def ct_measurement(
+    path: Path,
+    *,
+    angles: np.ndarray | None,
+    n_angles: int | None,
+    angle_unit: str,
+    layout: str | None,
+    angles_source: str | None,
+    image_size: int | None,
+    relative_noise: float | None,
+) -> Measurement:
+    """A sinogram and its parallel-beam projector; the image is ``image_size`` (default:
+    the detector count) wide, the noise std ``relative_noise`` of the sinogram's maximum
+    when given."""
+    sino = read_sinogram(
+        path,
+        angles=angles,
+        n_angles=n_angles,
+        angle_unit=angle_unit,
+        layout=layout,
+        angles_source=angles_source,
+    )
+    n_det = sino.data.shape[1]
+    size = image_size or n_det
+    angles_deg = [float(a) for a in sino.angles_deg]
+    op = ParallelBeamCT(angles_deg, size, det_count=n_det)
+    extra = {"angles_deg": angles_deg, "det_count": n_det, "image_size": size}
+    sigma_y = None if relative_noise is None else relative_noise * float(np.abs(sino.data).max())
+    return Measurement(to_batch(sino.data[None]), op, (1, size, size), 16, extra, sigma_y)

@@ -1,5 +1,9 @@
 """``resample train-prior``: train or fine-tune a latent diffusion prior (see
-``resample_cli.training``). Register with ``app.command("train-prior")(train_prior)``."""
+``resample_cli.training``). Register with ``app.command("train-prior")(train_prior)``.
+
+The options' defaults are TrainConfig's, written out here because ``resample_cli.training``
+imports torch and ``--help`` must not (tests/test_cli_startup.py checks that they agree).
+Training imports it when it starts."""
 
 from __future__ import annotations
 
@@ -7,19 +11,15 @@ import shlex
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
 from ..io.errors import InputError
-from ..priors import PriorError
-from ..training import TrainConfig, TrainingError, TrainProgress
-from ..training import train_prior as run_training
-from ..training.checkpoints import CHECKPOINTS, latest_checkpoint
-from .console import Output
 from .options import Device, positive
-from .restore import resolve_device
+
+if TYPE_CHECKING:
+    from ..training import TrainConfig, TrainResult
 
 DATA = "Data"
 AE = "Autoencoder (stage 1)"
@@ -29,7 +29,7 @@ RUN = "Run"
 LOG_EVERY_S = 60.0  # without a terminal, a progress line at most this often
 
 
-class Synthetic(str, Enum):
+class Synthetic(str, Enum):  # resample_cli.training.data.SYNTHETIC_KINDS
     ellipses = "ellipses"
     dead_leaves = "dead-leaves"
 
@@ -306,11 +306,19 @@ def train_prior(
 ) -> None:
     """Train a latent diffusion prior (autoencoder, then noise-prediction UNet) on a folder of images or
     DICOM slices or on synthetic data, or fine-tune one with --base; saved in the layout --model reads."""
-    output = Output(quiet=quiet)
     if (data is None) == (synthetic is None):
         raise typer.BadParameter(
             "give exactly one of --data FOLDER and --synthetic KIND", param_hint="--data"
         )
+    import torch
+
+    from ..priors import PriorError
+    from ..training import TrainConfig, TrainingError, TrainProgress
+    from ..training.checkpoints import CHECKPOINTS, latest_checkpoint
+    from .console import Output
+    from .restore import resolve_device
+
+    output = Output(quiet=quiet)
     if threads is not None:
         torch.set_num_threads(threads)
     config = TrainConfig(
@@ -387,6 +395,13 @@ def train_prior(
         f"autoencoder PSNR {result.ae_psnr:.2f} dB; latent scale {result.latent_scale:.4g}; "
         f"{_eta(result.wall_time_s)}; samples {result.sample_grid}"
     )
+
+
+def run_training(config: TrainConfig, **kwargs) -> TrainResult:
+    """``resample_cli.training.train_prior``, imported when a training starts (it needs torch)."""
+    from ..training import train_prior as train
+
+    return train(config, **kwargs)
 
 
 def _eta(seconds: float | None) -> str:

@@ -298,7 +298,7 @@ def _network(cls: type, folder: Path, name: str) -> Any:
     try:
         with _quiet_diffusers():
             model, info = cls.from_pretrained(
-                folder,
+                str(folder),  # recorded as the config's _name_or_path, which must stay JSON
                 local_files_only=True,
                 use_safetensors=weights.name == SAFETENSORS,
                 low_cpu_mem_usage=False,  # needed to report mismatched shapes instead of failing on them

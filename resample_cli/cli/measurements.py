@@ -1,0 +1,155 @@
+"""Measurements of clean images, y = A(x) + noise: the work of ``resample simulate``,
+and of ``resample bench``, which measures its images the same way.
+
+Imported by those commands only when they run: it imports torch.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from ..io.atomic import atomic_path
+from ..io.ct import equal_angles, read_angles_file
+from ..io.errors import InputError
+from ..io.images import LoadedImage, read_image, save_array, write_image
+from ..operators import GaussianNoise, Inpainting, ParallelBeamCT, box_mask, random_mask
+from ..operators.base import Operator
+from .console import Output
+from .files import IMAGE_INPUTS, check_output_dir, expand_inputs
+from .tasks import mask_for, read_mask, to_batch
+
+Maker = Callable[[LoadedImage, torch.Generator], tuple[Operator, dict[str, np.ndarray]]]
+
+
+def noise_generator(seed: int, path: Path) -> torch.Generator:
+    """The generator of one file's operator and noise: it depends on the seed and the file's name."""
+    return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(path.name.encode()))
+
+
+def measure(
+    op: Operator,
+    clean: LoadedImage,
+    noise: float,
+    generator: torch.Generator,
+    relative_noise: float | None = None,
+) -> tuple[torch.Tensor, float]:
+    """y = A(clean) + noise, a batch of one, and the noise std: ``noise``, or when
+    ``relative_noise`` is given, that fraction of the clean measurement's largest magnitude."""
+    with torch.no_grad():
+        exact = op(to_batch(clean.data))
+        sigma = noise if relative_noise is None else relative_noise * float(exact.abs().max())
+        y = GaussianNoise(sigma)(exact, generator=generator)
+        if isinstance(op, Inpainting):
+            y = op(y)  # missing pixels hold no data, not noise
+    return y, sigma
+
+
+def simulate_images(
+    inputs: list[Path],
+    output_dir: Path,
+    noise: float,
+    seed: int,
+    npy: bool,
+    overwrite: bool,
+    make: Maker,
+    suffixes: set[str] = IMAGE_INPUTS,
+    read: Callable[[Path], LoadedImage] = read_image,
+    relative_noise: float | None = None,
+) -> int:
+    """For each clean file: build the operator (and any side files), measure, add noise,
+    write. ``make`` returns the operator and extra files to write, by name suffix;
+    ``relative_noise`` replaces ``noise`` as in ``measure``."""
+    out = Output()
+    paths = expand_inputs(inputs, suffixes)
+    try:
+        check_output_dir(output_dir)
+    except InputError as err:
+        out.error(str(err))
+        return 1
+    failures = []
+    for path in paths:
+        try:
+            clean = read(path)
+            gen = noise_generator(seed, path)
+            op, extras = make(clean, gen)
+            y, sigma = measure(op, clean, noise, gen, relative_noise)
+            written = _write_measurement(
+                path, output_dir, y[0].numpy(), clean.bit_depth, npy, overwrite, extras
+            )
+            note = "" if relative_noise is None else f"  (noise std {sigma:.4g})"
+            out.log(f"{path} -> {', '.join(str(p) for p in written)}{note}")
+        except (InputError, ValueError) as err:
+            failures.append(str(err) if isinstance(err, InputError) else f"{path}: {err}")
+            out.error(failures[-1])
+    return out.summary(failures)
+
+
+def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras) -> list[Path]:
+    main = output_dir / (path.stem + (".npz" if "npz" in extras else ".npy" if npy else ".png"))
+    side = {output_dir / f"{path.stem}{tag}": value for tag, value in extras.items() if tag != "npz"}
+    targets = [main, *side]
+    if not overwrite:
+        for target in targets:
+            if target.exists():
+                raise InputError(target, "exists; pass --overwrite")
+    if "npz" in extras:
+        with atomic_path(main) as tmp, open(tmp, "wb") as f:
+            np.savez(f, sinogram=y[0].astype(np.float32), angles=extras["npz"])
+    elif npy:
+        save_array(main, y[0] if y.shape[0] == 1 else y.transpose(1, 2, 0))
+    else:
+        write_image(main, y, bit_depth=16 if bit_depth == 16 and y.shape[0] == 1 else 8)
+    for target, value in side.items():
+        write_image(target, value)
+    return targets
+
+
+def fixed_operator(op: Operator) -> Maker:
+    """The same operator for every image, with no side files."""
+    return lambda clean, gen: (op, {})
+
+
+def inpainting_maker(missing: float, box: int | None, mask: Path | None) -> Maker:
+    """Per image: the mask of ``mask`` (a file or a folder matched by name), else a centred
+    missing ``box``, else ``missing`` of the pixels at random; and NAME.mask.png."""
+
+    def make(clean: LoadedImage, gen: torch.Generator):
+        h, w = clean.data.shape[-2:]
+        if mask is not None:
+            m = torch.from_numpy(read_mask(mask_for(clean.path, mask)))
+            if tuple(m.shape) != (h, w):
+                raise InputError(clean.path, f"mask is {m.shape[0]}x{m.shape[1]} but the image is {h}x{w}")
+        elif box is not None:
+            m = box_mask((h, w), box)
+        else:
+            m = random_mask((h, w), missing, gen)
+        m = m.reshape(h, w).float()  # Inpainting takes (H, W); the mask file is (1, H, W)
+        return Inpainting(m), {".mask.png": m[None].numpy()}
+
+    return make
+
+
+def ct_angles(angles: int, angles_file: Path | None) -> np.ndarray:
+    """Projection angles in degrees: read from ``angles_file``, else ``angles`` equally spaced."""
+    try:
+        return read_angles_file(angles_file) if angles_file is not None else equal_angles(angles)
+    except InputError as err:
+        raise typer.BadParameter(str(err), param_hint="--angles-file") from None
+
+
+def ct_maker(theta: np.ndarray) -> Maker:
+    """Per square slice: the parallel-beam projection at ``theta``; the angles go into the .npz."""
+
+    def make(clean: LoadedImage, gen: torch.Generator):
+        h, w = clean.data.shape[-2:]
+        if h != w:
+            raise InputError(clean.path, f"CT slice is {h}x{w}; a square slice is needed")
+        return ParallelBeamCT([float(a) for a in theta], h), {"npz": theta.astype(np.float64)}
+
+    return make
