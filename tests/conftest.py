@@ -94,6 +94,17 @@ def offline(monkeypatch, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: whatever the run reports, it found without one."""
+    from resample_cli.cli import restore
+
+    def load_prior(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(restore, "load_prior", load_prior)
+
+
+@pytest.fixture
 def cli() -> Callable[..., Result]:
     """Run ``resample ARGS...`` in-process; a crash (not a clean exit) fails the test."""
     runner = CliRunner()

@@ -60,7 +60,7 @@ def test_a_folder_batch_keeps_each_image_grey_or_colour_its_size_and_bit_depth(t
         str(tmp_path / "meas" / f"{n}.png") for n in ("rgb", "odd", "deep")
     )
     for rec in records:
-        assert rec["status"] == "ok"
+        assert rec["status"] == "written"
         assert rec["residual"] == load_report(Path(rec["report"]))["residual"]
     assert "3 written, 0 skipped, 0 failed" in r.stderr
     # Written through a temporary file, yet with the permissions a plain open() gives.
@@ -201,7 +201,7 @@ def test_a_failed_input_does_not_stop_the_batch_and_exits_1(tmp_path, cli, model
     summary = r.stderr.split("1 input(s) failed:")[1]
     assert broken in summary and "good.png" not in summary
     status = {Path(rec["input"]).name: rec["status"] for rec in map(json.loads, r.stdout.splitlines())}
-    assert status == {"good.png": "ok", "broken.png": "failed"}
+    assert status == {"good.png": "written", "broken.png": "failed"}
 
 
 # --- Ctrl-C -------------------------------------------------------------------------
@@ -285,7 +285,10 @@ def test_subprocess_json_lines_on_stdout_logs_on_stderr(tmp_path, prior_dir):
     )
     assert proc.returncode == 1, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is JSON
-    assert [(Path(r["input"]).name, r["status"]) for r in records] == [("a.png", "ok"), ("b.png", "failed")]
+    assert [(Path(r["input"]).name, r["status"]) for r in records] == [
+        ("a.png", "written"),
+        ("b.png", "failed"),
+    ]
     assert records[0]["output"] == str(out / "a.png") and (out / "a.png").is_file()
     assert "empty file" in records[1]["error"]
     assert "loading model" in proc.stderr and "1 written, 0 skipped, 1 failed" in proc.stderr

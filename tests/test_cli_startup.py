@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from conftest import env_offline, files_in, one_line_error, plain, random_rgb
 
-from resample_cli.cli import restore
-
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 
 HEAVY = ("torch", "diffusers", "huggingface_hub", "numpy", "scipy", "PIL")
@@ -88,16 +86,6 @@ def test_the_console_script_imports_no_torch_for_its_version(tmp_path):
 # --- errors that need no model come first --------------------------------------------
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model fails the test: whatever the run reports, it found without one."""
-
-    def load_prior(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(restore, "load_prior", load_prior)
-
-
 def test_a_missing_input_is_one_line_and_no_model_is_looked_at(tmp_path, cli, no_model):
     missing = tmp_path / "nowhere.png"
     r = cli("deblur", missing, "-o", tmp_path / "out", "--model", tmp_path / "no-such-model", expect=1)
@@ -116,7 +104,7 @@ def test_a_missing_input_among_others_is_reported_before_the_model_loads(tmp_pat
     assert r.stderr.index(line) < r.stderr.index("loading model")
     assert files_in(out) == {"a.png", "a.report.json"}  # the batch went on
     status = {Path(rec["input"]).name: rec["status"] for rec in map(json.loads, r.stdout.splitlines())}
-    assert status == {"a.png": "ok", "b.png": "failed"}
+    assert status == {"a.png": "written", "b.png": "failed"}
     assert "1 written, 0 skipped, 1 failed" in r.stderr
 
 

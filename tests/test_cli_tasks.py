@@ -404,7 +404,7 @@ def test_ct_from_a_dicom_slice_writes_a_derived_dicom(tmp_path, cli, grey_prior_
     assert derived.PatientID == "PH-7" and derived.StudyInstanceUID == template.StudyInstanceUID
     assert derived.SeriesInstanceUID != template.SeriesInstanceUID
     assert derived.SOPInstanceUID != template.SOPInstanceUID
-    assert list(derived.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(derived.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     got = derived.pixel_array * float(derived.RescaleSlope) + float(derived.RescaleIntercept)
     np.testing.assert_array_equal(got, np.round(np.load(out / "ct.npy")))
 

@@ -8,7 +8,15 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from resample_cli.io.atomic import atomic_path
-from resample_cli.io.ct import hu_to_unit, read_dicom_hu, read_sinogram, unit_to_hu, write_derived_dicom
+from resample_cli.io.ct import (
+    hu_to_unit,
+    new_derived_series,
+    read_ct_header,
+    read_dicom_hu,
+    read_sinogram,
+    unit_to_hu,
+    write_derived_dicom,
+)
 from resample_cli.io.errors import InputError
 from resample_cli.io.images import read_image, write_image
 
@@ -152,12 +160,13 @@ def test_dicom_errors(tmp_path):
 def test_derived_dicom_copies_patient_and_gets_new_uids(tmp_path):
     template = _ct_slice(tmp_path / "t.dcm", np.zeros((4, 4)))
     hu = np.array([[-1000.0, 0.0], [40.0, 1500.0]], dtype=np.float32)
-    write_derived_dicom(tmp_path / "o.dcm", hu, tmp_path / "t.dcm", "test")
+    header = read_ct_header(tmp_path / "t.dcm")
+    write_derived_dicom(tmp_path / "o.dcm", hu, header, new_derived_series(header), derivation="test")
     out = pydicom.dcmread(tmp_path / "o.dcm")
     assert out.PatientID == "P1" and out.StudyInstanceUID == template.StudyInstanceUID
     assert out.SeriesInstanceUID != template.SeriesInstanceUID
     assert out.SOPInstanceUID != template.SOPInstanceUID
-    assert list(out.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     got = out.pixel_array * float(out.RescaleSlope) + float(out.RescaleIntercept)
     np.testing.assert_array_equal(got, hu)
 

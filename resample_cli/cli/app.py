@@ -83,13 +83,33 @@ def restoring_command(name: str, help_text: str, task_parameters: list[inspect.P
     return register
 
 
-def _plan_images(task: str, inputs: list[Path], common: CommonOptions) -> Batch:
-    """An image task's batch, planned from the files alone (no torch)."""
-    from .batch import plan_batch
-    from .files import IMAGE_INPUTS
+def _plan_images(
+    task: str,
+    inputs: list[Path],
+    common: CommonOptions,
+    *,
+    scale: int = 1,
+    mask: Path | None = None,
+    reads: dict[str, Path | None] | None = None,
+) -> Batch:
+    """An image task's batch, planned from the files alone (no torch): the restoration is
+    ``scale`` times the input's size, and with ``mask`` each input's mask must fit it.
+    ``reads``: the files the task's options name, which no output may replace."""
+    from ..io.images import image_size
+    from .batch import TaskChecks, plan_batch
+    from .files import IMAGE_INPUTS, check_mask_fits
     from .writers import ImageWriter
 
-    return plan_batch(task, inputs, IMAGE_INPUTS, ImageWriter(), common)
+    def restored_size(path: Path) -> tuple[int, int]:
+        h, w = image_size(path)
+        return h * scale, w * scale
+
+    checks = TaskChecks(
+        restored_size=restored_size,
+        check_input=None if mask is None else partial(check_mask_fits, mask=mask),
+        reads={**(reads or {}), **({"--mask": mask} if mask is not None else {})},
+    )
+    return plan_batch(task, inputs, IMAGE_INPUTS, ImageWriter(), common, checks)
 
 
 # Each body plans its batch first: with nothing left to restore (every input skipped or
@@ -122,7 +142,8 @@ def _plan_images(task: str, inputs: list[Path], common: CommonOptions) -> Batch:
     ],
 )
 def deblur(*, inputs, sigma, kernel_size, kernel, common):
-    batch = _plan_images("deblur", inputs, common)
+    require_existing(kernel, "--kernel")
+    batch = _plan_images("deblur", inputs, common, reads={"--kernel": kernel})
     if not batch.to_restore:
         return batch.finish_without_model()
     from .restore import run_restore
@@ -138,7 +159,7 @@ def deblur(*, inputs, sigma, kernel_size, kernel, common):
     [_param("scale", Annotated[int, typer.Option(min=2, help="Upsampling factor, an integer >= 2.")], 4)],
 )
 def superres(*, inputs, scale, common):
-    batch = _plan_images("superres", inputs, common)
+    batch = _plan_images("superres", inputs, common, scale=scale)
     if not batch.to_restore:
         return batch.finish_without_model()
     from ..operators import BicubicDownsample
@@ -168,7 +189,7 @@ def superres(*, inputs, scale, common):
 )
 def inpaint(*, inputs, mask, common):
     require_existing(mask, "--mask")
-    batch = _plan_images("inpaint", inputs, common)
+    batch = _plan_images("inpaint", inputs, common, mask=mask)
     if not batch.to_restore:
         return batch.finish_without_model()
     from .restore import run_restore
@@ -284,7 +305,9 @@ class SinoLayout(str, Enum):
             Annotated[
                 Path | None,
                 typer.Option(
-                    help="CT DICOM slice whose patient and study tags the derived DICOM output copies."
+                    help="CT DICOM slice, or a folder of them, for a derived DICOM output (NAME.dcm) that copies "
+                    "its patient, study and slice tags. A folder's slices are matched to the inputs by the "
+                    "SOPInstanceUID that `simulate ct` recorded, else by name."
                 ),
             ],
             None,
@@ -308,20 +331,49 @@ def ct(
     if angles is not None and angles_file is not None:
         raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")
     require_existing(dicom_template, "--dicom-template")
+    from ..io.errors import InputError
+    from .options import given_options
+    from .writers import CTWriter, DicomTemplates
+
     angle_values = None
     if angles_file is not None:
         from ..io.ct import read_angles_file
-        from ..io.errors import InputError
 
         try:
             angle_values = read_angles_file(angles_file)
         except InputError as err:
             raise typer.BadParameter(str(err), param_hint="--angles-file") from None
-    from .batch import plan_batch
+    try:
+        templates = None if dicom_template is None else DicomTemplates.load(dicom_template)
+    except InputError as err:  # a bad template is found before any solve, not after
+        raise typer.BadParameter(str(err), param_hint="--dicom-template") from None
+    from ..io.ct import clean_ct_size, read_sinogram
+    from .batch import TaskChecks, plan_batch
     from .files import SINOGRAM_INPUTS
-    from .writers import CTWriter
 
-    batch = plan_batch("ct", inputs, SINOGRAM_INPUTS, CTWriter(dicom_template), common)
+    read = partial(
+        read_sinogram,
+        angles=angle_values,
+        n_angles=angles,
+        angle_unit=angle_unit.value,
+        layout=None if layout is None else layout.value,
+        angles_source=None if angles_file is None else str(angles_file),
+    )
+
+    def restored_size(path: Path) -> tuple[int, int]:
+        size = image_size or read(path).data.shape[1]
+        return size, size
+
+    # Reading each sinogram (numpy only) finds missing angles or a wrong layout before any model loads.
+    checks = TaskChecks(
+        restored_size=restored_size,
+        reference_size=clean_ct_size,
+        check_input=read,
+        reads={"--dicom-template": dicom_template, "--angles-file": angles_file},
+    )
+    writer = CTWriter(templates)
+    batch = plan_batch("ct", inputs, SINOGRAM_INPUTS, writer, common, checks)
+    writer.match_templates(batch.to_restore)
     if not batch.to_restore:
         return batch.finish_without_model()
     from .restore import run_restore
@@ -335,6 +387,7 @@ def ct(
         layout=None if layout is None else layout.value,
         angles_source=None if angles_file is None else str(angles_file),
         image_size=image_size,
+        noise=common.noise if "noise" in given_options(ctx) else None,  # else the .npz's, or the default
         relative_noise=relative_noise,
     )
     return run_restore(batch, prepare, read_reference=lambda path: read_clean_ct(path).data)

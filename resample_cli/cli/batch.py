@@ -1,26 +1,42 @@
 """A restoring command's batch, planned before any model is loaded: which inputs to
 restore, which to skip, and the failures that need no model (an input that is missing
-or unreadable, an output that exists without --overwrite). Nothing here imports torch,
-so these errors come at once, and a batch with nothing left to do never loads a model."""
+or unreadable, an output that exists without --overwrite, a --reference or mask of
+the wrong size). Nothing here imports torch, so these errors come at once, and a batch
+with nothing left to do never loads a model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from ..io.errors import InputError
+from ..io.images import image_size
 from .console import Output
-from .files import check_input_file, expand_inputs, stem_path
+from .files import (
+    REPORT_TAIL,
+    check_input_file,
+    check_outputs_are_safe,
+    expand_required,
+    match_by_name,
+    stem_path,
+)
 from .options import CommonOptions, require_existing
 from .writers import Writer
+
+Size = tuple[int, int]  # (H, W)
+
+# Beside the inputs' own kinds, what a --reference folder may hold for an input.
+REFERENCE_SUFFIXES = {".png", ".npy", ".dcm"}
 
 
 @dataclass
 class PlannedInput:
     source: Path
     outputs: dict[str, Path]  # the writer's ("output" the main one), the report, std maps, plot
+    reference: Path | None = None  # the clean file --reference gives for it
     skip: bool = False  # --skip-existing and an output exists
     error: str | None = None  # why it cannot be restored, known without a model
 
@@ -29,10 +45,23 @@ class PlannedInput:
         return self.outputs["output"]
 
 
+@dataclass(frozen=True)
+class TaskChecks:
+    """What a task lets planning check of each input before a model loads."""
+
+    # The restoration's (H, W), from the input's header; with it a --reference of another
+    # size is found before any work.
+    restored_size: Callable[[Path], Size] | None = None
+    reference_size: Callable[[Path], Size] = image_size
+    # The task's own check of an input (inpaint: its mask's size); raises InputError.
+    check_input: Callable[[Path], None] | None = None
+    # The files the task's options name, by option ("--mask": path): no output may replace one.
+    reads: dict[str, Path | None] = field(default_factory=dict)
+
+
 @dataclass
 class Batch:
     task: str
-    suffixes: set[str]  # of the inputs, and of references matched to them by name
     writer: Writer
     common: CommonOptions
     inputs: list[PlannedInput]
@@ -55,11 +84,13 @@ class Batch:
                 out.error(planned.error)
                 out.record({"input": str(planned.source), "status": "failed", "error": planned.error})
 
+    def count_line(self, written: int, failed: int) -> str:
+        return f"{written} written, {sum(p.skip for p in self.inputs)} skipped, {failed} failed"
+
     def summarise(self, out: Output, written: int = 0, failures: list[str] | None = None) -> int:
         """The closing line and the list of failed inputs; the exit code (0, or 1 if any failed)."""
         failed = self.failures + (failures or [])
-        skipped = sum(p.skip for p in self.inputs)
-        out.log(f"{written} written, {skipped} skipped, {len(failed)} failed")
+        out.log(self.count_line(written, len(failed)))
         return out.summary(failed)
 
     def finish_without_model(self) -> int:
@@ -70,38 +101,77 @@ class Batch:
 
 
 def plan_batch(
-    task: str, inputs: list[Path], suffixes: set[str], writer: Writer, common: CommonOptions
+    task: str,
+    inputs: list[Path],
+    suffixes: set[str],
+    writer: Writer,
+    common: CommonOptions,
+    checks: TaskChecks | None = None,
 ) -> Batch:
     """Expand the inputs and decide what becomes of each from the files alone.
     Usage errors (exit 2): --skip-existing with --overwrite, a --reference that names
-    nothing, no input files at all."""
+    nothing, no input files at all, an output that would replace a file the command
+    reads, two inputs with one output name."""
+    checks = checks or TaskChecks()
     if common.skip_existing and common.overwrite:
         raise typer.BadParameter("--skip-existing and --overwrite exclude each other")
     require_existing(common.reference, "--reference")
-    sources = expand_inputs(inputs, suffixes)
-    if not sources:
-        raise typer.BadParameter("no input files", param_hint="INPUT")
-    return Batch(task, suffixes, writer, common, [_plan(source, writer, common) for source in sources])
+    sources = expand_required(inputs, suffixes)
+    planned = [
+        PlannedInput(source, {**writer.paths(source, common), **auxiliary_paths(source, common)})
+        for source in sources
+    ]
+    check_outputs_are_safe(
+        [(p.source, p.outputs.values()) for p in planned],
+        [("--reference", common.reference), *checks.reads.items()],
+    )
+    reference_suffixes = sorted(suffixes | REFERENCE_SUFFIXES)
+    for p in planned:
+        _preflight(p, common, checks, reference_suffixes)
+    return Batch(task, writer, common, planned)
 
 
-def _plan(source: Path, writer: Writer, common: CommonOptions) -> PlannedInput:
-    planned = PlannedInput(source, {**writer.paths(source, common), **auxiliary_paths(source, common)})
+def _preflight(
+    planned: PlannedInput, common: CommonOptions, checks: TaskChecks, reference_suffixes: list[str]
+) -> None:
+    """Mark ``planned`` skipped, or failed with the first problem found without a model."""
     existing = [p for p in planned.outputs.values() if p.exists()]
     if existing and common.skip_existing:
         planned.skip = True
-        return planned
+        return
+    source = planned.source
     try:
         check_input_file(source)
         if existing and not common.overwrite:
             raise InputError(existing[0], "output exists; pass --overwrite or --skip-existing")
+        if common.reference is not None:
+            planned.reference = _reference_for(source, common.reference, reference_suffixes)
+            if checks.restored_size is not None:
+                _check_reference_size(source, planned.reference, checks)
+        if checks.check_input is not None:
+            checks.check_input(source)
     except InputError as err:
         planned.error = str(err)
-    return planned
+
+
+def _reference_for(source: Path, reference: Path, suffixes: list[str]) -> Path:
+    """The --reference file of ``source``: the one file given, or its namesake in a folder."""
+    return match_by_name(source, reference, suffixes) if reference.is_dir() else reference
+
+
+def _check_reference_size(source: Path, reference: Path, checks: TaskChecks) -> None:
+    expected, found = checks.restored_size(source), checks.reference_size(reference)
+    if found != expected:
+        raise InputError(
+            source,
+            f"the --reference {reference} is {found[0]}x{found[1]}, "
+            f"but the restoration will be {expected[0]}x{expected[1]}",
+        )
 
 
 def auxiliary_paths(source: Path, common: CommonOptions) -> dict[str, Path]:
     """The outputs every task writes besides its own: the report, std maps, the residual plot."""
-    paths = {"report": stem_path(source, common, ".report.json")}
+    paths = {"report": stem_path(source, common, REPORT_TAIL)}
     if common.samples > 1:
         paths["std_png"] = stem_path(source, common, ".std.png")
         paths["std_npy"] = stem_path(source, common, ".std.npy")

@@ -6,8 +6,11 @@ Imported by those commands only when they run: it imports torch.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,8 @@ import torch
 import typer
 
 from ..io.atomic import atomic_path
-from ..io.ct import equal_angles, read_angles_file
+from ..io.ct import AIR_HU, equal_angles, hu_to_unit, read_angles_file, read_dicom_slice_facts
+from ..io.dicom_detect import looks_like_dicom
 from ..io.errors import InputError
 from ..io.images import LoadedImage, read_image, save_array, write_image
 from ..operators import GaussianNoise, Inpainting, ParallelBeamCT, box_mask, random_mask
@@ -24,7 +28,9 @@ from .console import Output
 from .files import IMAGE_INPUTS, check_output_dir, expand_inputs
 from .tasks import mask_for, read_mask, to_batch
 
-Maker = Callable[[LoadedImage, torch.Generator], tuple[Operator, dict[str, np.ndarray]]]
+# Side files to write, by name suffix; "npz" instead holds the arrays of a CT measurement's .npz.
+Extras = dict[str, np.ndarray | dict[str, np.ndarray]]
+Maker = Callable[[LoadedImage, torch.Generator], tuple[Operator, Extras]]
 
 
 def noise_generator(seed: int, path: Path) -> torch.Generator:
@@ -75,13 +81,14 @@ def simulate_images(
     failures = []
     for path in paths:
         try:
-            clean = read(path)
-            gen = noise_generator(seed, path)
-            op, extras = make(clean, gen)
-            y, sigma = measure(op, clean, noise, gen, relative_noise)
-            written = _write_measurement(
-                path, output_dir, y[0].numpy(), clean.bit_depth, npy, overwrite, extras
-            )
+            with _warnings_to(out):
+                clean = read(path)
+                gen = noise_generator(seed, path)
+                op, extras = make(clean, gen)
+                y, sigma = measure(op, clean, noise, gen, relative_noise)
+                written = _write_measurement(
+                    path, output_dir, y[0].numpy(), clean.bit_depth, npy, overwrite, extras, sigma
+                )
             note = "" if relative_noise is None else f"  (noise std {sigma:.4g})"
             out.log(f"{path} -> {', '.join(str(p) for p in written)}{note}")
         except (InputError, ValueError) as err:
@@ -90,7 +97,19 @@ def simulate_images(
     return out.summary(failures)
 
 
-def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras) -> list[Path]:
+@contextlib.contextmanager
+def _warnings_to(out: Output) -> Iterator[None]:
+    """The warnings raised inside, as this tool's warning lines (also when it fails)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                out.warn(str(warning.message))
+
+
+def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras, sigma) -> list[Path]:
     main = output_dir / (path.stem + (".npz" if "npz" in extras else ".npy" if npy else ".png"))
     side = {output_dir / f"{path.stem}{tag}": value for tag, value in extras.items() if tag != "npz"}
     targets = [main, *side]
@@ -100,7 +119,8 @@ def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras) -
                 raise InputError(target, "exists; pass --overwrite")
     if "npz" in extras:
         with atomic_path(main) as tmp, open(tmp, "wb") as f:
-            np.savez(f, sinogram=y[0].astype(np.float32), angles=extras["npz"])
+            # The noise std goes along, for `resample ct` to use when --noise is not given.
+            np.savez(f, sinogram=y[0].astype(np.float32), noise_std=np.float64(sigma), **extras["npz"])
     elif npy:
         save_array(main, y[0] if y.shape[0] == 1 else y.transpose(1, 2, 0))
     else:
@@ -144,12 +164,38 @@ def ct_angles(angles: int, angles_file: Path | None) -> np.ndarray:
 
 
 def ct_maker(theta: np.ndarray) -> Maker:
-    """Per square slice: the parallel-beam projection at ``theta``; the angles go into the .npz."""
+    """Per square slice: the parallel-beam projection at ``theta``. The .npz gets the angles
+    and, from a DICOM slice, the slice's tags as JSON (``dicom_slice_facts``), which
+    ``resample ct --dicom-template`` uses to place its derived slice."""
 
     def make(clean: LoadedImage, gen: torch.Generator):
         h, w = clean.data.shape[-2:]
         if h != w:
             raise InputError(clean.path, f"CT slice is {h}x{w}; a square slice is needed")
-        return ParallelBeamCT([float(a) for a in theta], h), {"npz": theta.astype(np.float64)}
+        warn_outside_circle(clean)
+        arrays = {"angles": theta.astype(np.float64)}
+        if looks_like_dicom(clean.path):
+            arrays["dicom"] = np.array(json.dumps(read_dicom_slice_facts(clean.path)))
+        return ParallelBeamCT([float(a) for a in theta], h), {"npz": arrays}
 
     return make
+
+
+def warn_outside_circle(clean: LoadedImage) -> None:
+    """Warn when a slice is not air outside its inscribed circle. Nothing is cut away: the
+    projector (like skimage's radon with circle=True) samples rays as long as the slice is
+    wide, which reach those pixels only at some angles, so they are measured in part and
+    reconstructed poorly; the user should know, not find a bad corner."""
+    image = clean.data[0]
+    n = image.shape[0]
+    offsets = np.arange(n) - n // 2
+    outside = offsets[:, None] ** 2 + offsets[None, :] ** 2 > (n // 2) ** 2
+    dense = outside & (image > hu_to_unit(np.float32(AIR_HU)))
+    if dense.any():
+        share = float(image[outside].sum() / image.sum())
+        warnings.warn(
+            f"{clean.path}: {int(dense.sum())} pixels outside the inscribed circle (radius {n // 2} px) are "
+            f"not air ({share:.1%} of the slice's sum); they are projected as they are, but the rays "
+            "reach them only at some angles, so they are measured in part and reconstructed poorly",
+            stacklevel=2,
+        )

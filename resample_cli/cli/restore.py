@@ -6,14 +6,17 @@ batch is planned, and the errors that need no model reported, in ``batch``."""
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import typer
+from rich.progress import Progress
 
 from .. import pipeline
 from ..io.errors import InputError
@@ -21,12 +24,13 @@ from ..io.images import read_image, write_image
 from ..metrics import psnr, ssim
 from ..operators.base import Operator
 from ..priors import PriorError, load_prior
+from ..priors.base import LatentPrior
 from ..report import plot_residuals, write_report
-from ..solvers.resample import ReSampleConfig
-from .batch import Batch
-from .console import Output
-from .files import check_output_dir, match_by_name
-from .options import DEFAULT_MODELS, Device
+from ..solvers.resample import ReSampleConfig, Stage, StepInfo, dc_schedule
+from .batch import Batch, PlannedInput
+from .console import Output, ScheduleEta, batch_remaining
+from .files import check_output_dir
+from .options import BUNDLED_MODELS, DEFAULT_MODELS, Device, default_threads
 
 
 @dataclass
@@ -64,111 +68,244 @@ def run_restore(
 ) -> int:
     """Restore the inputs ``batch`` planned to; return the exit code (0 all written,
     1 some failed). The inputs planning refused or skipped are reported before the
-    model loads."""
-    common, writer = batch.common, batch.writer
+    model loads; every input gets a JSON record. Ctrl-C ends the batch with its summary
+    line and exit code 130, leaving no partial outputs."""
+    common = batch.common
     device = resolve_device(common.device)
-    if common.threads is not None:
-        torch.set_num_threads(common.threads)
+    _set_threads(common.threads)
     out = Output(quiet=common.quiet, json_lines=common.json)
-    batch.report_planned(out)
+    tally = _Tally(pending=list(batch.to_restore))
     try:
-        check_output_dir(common.output_dir)
-    except InputError as err:
-        out.error(str(err))
-        return 1
-    spec = common.model or DEFAULT_MODELS[batch.task]
+        batch.report_planned(out)
+        try:
+            check_output_dir(common.output_dir)
+            prior = _load_model(batch, device, out)
+        except (InputError, PriorError) as err:  # every input fails: one error line, one record each
+            return _fail_all(batch, out, tally, str(err))
+        return _BatchRun(batch, prepare, read_reference, prior, out, tally).run()
+    except KeyboardInterrupt:
+        out.error("interrupted; outputs of the input in hand were not written")
+        not_restored = tally.close_pending(out, "interrupted")
+        counts = batch.count_line(tally.written, len(batch.failures) + len(tally.failures))
+        out.log(f"{counts}; interrupted with {not_restored} not restored")
+        raise typer.Exit(130) from None
+
+
+@dataclass
+class _Tally:
+    """How the batch stands: outputs written, failures, the inputs not yet reported."""
+
+    pending: list[PlannedInput]
+    written: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, out: Output, planned: PlannedInput, message: str) -> None:
+        self.failures.append(message)
+        out.error(message)
+        self._record(out, planned, {"status": "failed", "error": message})
+
+    def wrote(self, out: Output, planned: PlannedInput, report: dict) -> None:
+        self.written += 1
+        res = report["residual"]
+        out.log(f"{planned.source} -> {planned.output}  residual/sigma_y = {_fmt(res['ratio'])}")
+        paths = {"output": str(planned.output), "report": str(planned.outputs["report"])}
+        self._record(
+            out, planned, {"status": "written", **paths, "residual": res, "metrics": report.get("metrics")}
+        )
+
+    def close_pending(self, out: Output, error: str) -> int:
+        """A "failed" record with ``error`` for each input not reported yet; how many there were."""
+        pending = list(self.pending)
+        for planned in pending:
+            self._record(out, planned, {"status": "failed", "error": error})
+        return len(pending)
+
+    def _record(self, out: Output, planned: PlannedInput, fields: dict) -> None:
+        self.pending.remove(planned)
+        out.record({"input": str(planned.source), **fields})
+
+
+def _fail_all(batch: Batch, out: Output, tally: _Tally, message: str) -> int:
+    """End a batch that a problem of no one input stopped (the model, the output folder):
+    one error line, a "failed" record for each input, the closing line; exit code 1."""
+    out.error(message)
+    failed = len(batch.failures) + tally.close_pending(out, message)
+    out.log(batch.count_line(tally.written, failed))
+    return 1
+
+
+def _set_threads(threads: int | None) -> None:
+    """--threads, else the default (``default_threads``), unless OMP_NUM_THREADS, which
+    torch reads itself, says otherwise."""
+    if threads is None and "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(threads or default_threads())
+
+
+def _load_model(batch: Batch, device: torch.device, out: Output) -> LatentPrior:
+    """The batch's prior; a PriorError that also names the bundled prior to try."""
+    spec = batch.common.model or DEFAULT_MODELS[batch.task]
     out.log(f"loading model {spec} on {device}")
     try:
-        prior = load_prior(spec, revision=common.revision, device=device)
+        with warnings.catch_warnings():  # a model that cannot be had is one line, not the libraries' notes
+            warnings.simplefilter("ignore")
+            return load_prior(spec, revision=batch.common.revision, device=device)
     except PriorError as err:
-        out.error(str(err))
-        return 1
-    overrides = {"steps": common.steps} if common.steps else {}
-    config = ReSampleConfig.preset(common.preset.value, **overrides)
-    autocast = None if common.dtype.value == "float32" else getattr(torch, common.dtype.value)
-    failures: list[str] = []
-    written = 0
-    to_restore = batch.to_restore
-    with out.progress() as bar:
-        files_bar = bar.add_task(batch.task, total=len(to_restore)) if bar else None
-        steps_bar = bar.add_task("steps", total=config.steps) if bar else None
-        for planned in to_restore:
-            source, outputs = planned.source, planned.outputs
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    measurement = prepare(source)
-                for w in caught:
-                    out.warn(str(w.message))
-                _check_shapes(source, measurement)
-                reference = None
-                if common.reference is not None:
-                    ref_path = common.reference
-                    if ref_path.is_dir():
-                        ref_path = match_by_name(
-                            source, ref_path, sorted(batch.suffixes | {".png", ".npy", ".dcm"})
-                        )
-                    reference = read_reference(ref_path)
-                n_chunks = -(-common.samples // (common.batch_size or common.samples))
-                if bar:
-                    bar.reset(steps_bar, total=config.steps * n_chunks, description=source.name)
+        raise PriorError(_with_bundled_alternative(str(err), spec, batch.task)) from None
 
-                def on_step(chunk, info):
-                    if bar:
-                        bar.update(steps_bar, completed=chunk * info.total + info.step)
 
-                result = pipeline.restore(
-                    measurement.y,
-                    measurement.operator,
-                    prior,
-                    config,
-                    image_shape=measurement.image_shape,
-                    sigma_y=common.noise if measurement.sigma_y is None else measurement.sigma_y,
-                    seed=common.seed,
-                    samples=common.samples,
-                    batch_size=common.batch_size,
-                    autocast=autocast,
-                    callback=on_step,
-                )
-                image = result.x.numpy()
-                report = pipeline.report(
-                    task=batch.task,
-                    operator=measurement.operator,
-                    prior=prior,
-                    config=config,
-                    preset=common.preset.value,
-                    restoration=result,
-                    seed=common.seed,
-                    dtype=common.dtype.value,
-                    metrics=None if reference is None else _metrics(source, image, reference),
-                )
-                report = {"input": str(source), "output": str(outputs["output"]), **report}
-                if measurement.extra:
-                    report["operator"].update(measurement.extra)
-                _write_all(outputs, writer, image, measurement, source, result, report, common)
-            except (InputError, ValueError) as err:
-                failures.append(str(err) if isinstance(err, InputError) else f"{source}: {err}")
-                out.error(failures[-1])
-                out.record({"input": str(source), "status": "failed", "error": failures[-1]})
-            except KeyboardInterrupt:
-                out.error("interrupted; outputs of the input in hand were not written")
-                raise typer.Exit(130) from None
-            else:
-                written += 1
-                res = report["residual"]
-                out.log(f"{source} -> {outputs['output']}  residual/sigma_y = {_fmt(res['ratio'])}")
-                out.record(
-                    {
-                        "input": str(source),
-                        "status": "ok",
-                        "output": str(outputs["output"]),
-                        "report": str(outputs["report"]),
-                        "residual": res,
-                        "metrics": report.get("metrics"),
-                    }
-                )
-            _advance(bar, files_bar)
-    return batch.summarise(out, written, failures)
+@dataclass
+class _BatchRun:
+    """The loop over the inputs to restore, once the model is loaded."""
+
+    batch: Batch
+    prepare: Callable[[Path], Measurement]
+    read_reference: Callable[[Path], np.ndarray]
+    prior: LatentPrior
+    out: Output
+    tally: _Tally
+    config: ReSampleConfig = field(init=False)
+    autocast: torch.dtype | None = field(init=False)
+    bars: _Bars = field(init=False)
+
+    def __post_init__(self) -> None:
+        common = self.batch.common
+        overrides = {"steps": common.steps} if common.steps else {}
+        self.config = ReSampleConfig.preset(common.preset.value, **overrides)
+        self.autocast = None if common.dtype.value == "float32" else getattr(torch, common.dtype.value)
+
+    def run(self) -> int:
+        to_restore = self.batch.to_restore
+        with self.out.progress() as bar:
+            self.bars = _Bars(bar, self.batch.task, len(to_restore), self.config)
+            for planned in to_restore:
+                try:
+                    report = self.restore_one(planned)
+                except (InputError, ValueError) as err:
+                    message = str(err) if isinstance(err, InputError) else f"{planned.source}: {err}"
+                    self.tally.fail(self.out, planned, message)
+                    self.bars.finish_input(restored=False)
+                else:
+                    self.tally.wrote(self.out, planned, report)
+                    self.bars.finish_input(restored=True)
+        return self.batch.summarise(self.out, self.tally.written, self.tally.failures)
+
+    def restore_one(self, planned: PlannedInput) -> dict:
+        """Restore one input and write its outputs; return its report."""
+        common, source = self.batch.common, planned.source
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            measurement = self.prepare(source)
+        for w in caught:
+            self.out.warn(str(w.message))
+        _check_shapes(source, measurement)
+        reference = None if planned.reference is None else self.read_reference(planned.reference)
+        self.bars.start_input(source.name, chunks=-(-common.samples // (common.batch_size or common.samples)))
+        result = pipeline.restore(
+            measurement.y,
+            measurement.operator,
+            self.prior,
+            self.config,
+            image_shape=measurement.image_shape,
+            sigma_y=common.noise if measurement.sigma_y is None else measurement.sigma_y,
+            seed=common.seed,
+            samples=common.samples,
+            batch_size=common.batch_size,
+            autocast=self.autocast,
+            callback=self.bars.step,
+        )
+        image = result.x.numpy()
+        report = pipeline.report(
+            task=self.batch.task,
+            operator=measurement.operator,
+            prior=self.prior,
+            config=self.config,
+            preset=common.preset.value,
+            restoration=result,
+            seed=common.seed,
+            dtype=common.dtype.value,
+            metrics=None if reference is None else _metrics(source, image, reference),
+        )
+        report = {"input": str(source), "output": str(planned.output), **report}
+        if measurement.extra:
+            report["operator"].update(measurement.extra)
+        _write_all(planned.outputs, self.batch.writer, image, measurement, source, result, report, common)
+        return report
+
+
+def _with_bundled_alternative(message: str, spec: str, task: str) -> str:
+    alternative = BUNDLED_MODELS[task]
+    if spec == alternative:
+        return message
+    return f"{message}; or run offline with the bundled prior: --model {alternative}"
+
+
+class _Bars:
+    """The batch bar and the step bar of the input in hand, with ETAs that price each
+    step by its kind (``ScheduleEta``): data-consistency steps cost many plain ones."""
+
+    def __init__(self, bar: Progress | None, task: str, inputs: int, config: ReSampleConfig):
+        self.bar = bar
+        self.schedule = dc_schedule(config)
+        self.eta = ScheduleEta(prior_step_costs(config))
+        self.finished: list[float] = []  # seconds of each input restored
+        self.queued = inputs  # not started yet
+        self.in_hand = False  # an input's steps have started and it has not finished
+        self.started = self.last = time.monotonic()
+        if bar:
+            self.files = bar.add_task(task, total=inputs, finish_at=None)
+            self.steps = bar.add_task("steps", total=len(self.schedule), finish_at=None)
+
+    def start_input(self, name: str, chunks: int) -> None:
+        self.queued -= 1
+        self.in_hand = True
+        self.started = self.last = time.monotonic()
+        self.eta.start(self.schedule * chunks)
+        if self.bar:
+            self.bar.reset(self.steps, total=len(self.eta.kinds), description=name)
+            self._show()
+
+    def step(self, chunk: int, info: StepInfo) -> None:
+        now = time.monotonic()
+        if self.eta.done < len(self.eta.kinds):
+            self.eta.record(now - self.last)
+        self.last = now
+        if self.bar:
+            self.bar.update(self.steps, completed=self.eta.done)
+            self._show()
+
+    def finish_input(self, restored: bool) -> None:
+        """The input in hand is done (``restored``), or failed before or during its steps."""
+        if restored:
+            self.finished.append(time.monotonic() - self.started)
+        if not self.in_hand:  # it failed before its steps began
+            self.queued -= 1
+        self.in_hand = False
+        self.eta.start([])  # nothing left of it, also when it failed halfway
+        if self.bar:
+            self.bar.advance(self.files)
+            self._show()
+
+    def _show(self) -> None:
+        now, left = self.bar.get_time(), self.eta.remaining()
+        total = batch_remaining(self.finished, time.monotonic() - self.started, left, self.queued)
+        self.bar.update(self.steps, finish_at=None if left is None else now + left)
+        self.bar.update(self.files, finish_at=None if total is None else now + total)
+
+
+def prior_step_costs(config: ReSampleConfig) -> dict[Stage | None, float]:
+    """What a step of each kind costs before one has been timed, in network passes (a
+    backward pass counted as two forwards, a decoder or encoder pass as a UNet pass), from
+    what ``config`` runs per step: a plain DDIM step is one UNet pass (six with the DPS
+    gradient); a data-consistency step adds its look-ahead, then a decode, the pixel solve
+    and an encode, or a decoder forward and backward per latent iteration (counted at the
+    ``latent_iters`` cap: the discrepancy is rarely met in latent space). The operator's
+    own pixel solve is about 15 passes (12 to 32 measured on the bundled priors, fast
+    preset, where latent steps took 140 to 160 plain steps)."""
+    plain = 1 + (5 if config.dps_scale > 0 else 0)
+    consistency = plain + config.lookahead
+    solve = 15 if config.pixel_solver == "operator" else 0.05 * config.pixel_iters
+    return {None: plain, "pixel": consistency + 2 + solve, "latent": consistency + 3 * config.latent_iters}
 
 
 def _check_shapes(source: Path, measurement: Measurement) -> None:
@@ -188,11 +325,6 @@ def _check_shapes(source: Path, measurement: Measurement) -> None:
             f"the forward model maps a {shape} image to shape {tuple(fit.shape[1:])}, "
             f"but the measurement has shape {tuple(measurement.y.shape[1:])}",
         )
-
-
-def _advance(bar, task_id) -> None:
-    if bar:
-        bar.advance(task_id)
 
 
 def _fmt(value) -> str:

@@ -31,6 +31,28 @@ Npy = Annotated[
 Overwrite = Annotated[bool, typer.Option(help="Replace existing measurement files.")]
 
 
+def _plan(
+    inputs: list[Path],
+    output_dir: Path,
+    tails: list[str],
+    reads: dict[str, Path | None],
+    suffixes: set[str] | None = None,
+) -> None:
+    """The checks that come before any work, as usage errors (exit 2): some input to
+    measure, and no measurement (NAME + each of ``tails``) that would replace a file the
+    command reads (an input, or the file of an option in ``reads``) or that two inputs
+    would both write. ``suffixes``: the inputs a folder holds (default: images)."""
+    from .files import IMAGE_INPUTS, check_outputs_are_safe, expand_required
+
+    sources = expand_required(inputs, suffixes or IMAGE_INPUTS)
+    planned = [(source, [output_dir / f"{source.stem}{tail}" for tail in tails]) for source in sources]
+    check_outputs_are_safe(planned, reads.items())
+
+
+def _measurement_tail(npy: bool) -> str:
+    return ".npy" if npy else ".png"
+
+
 @simulate_app.command("deblur")
 def sim_deblur(
     inputs: Clean,
@@ -48,6 +70,7 @@ def sim_deblur(
     overwrite: Overwrite = False,
 ) -> None:
     """Blur clean images and add noise."""
+    _plan(inputs, output_dir, [_measurement_tail(npy)], {"--kernel": kernel})
     from .measurements import fixed_operator, simulate_images
     from .tasks import blur_operator
 
@@ -66,6 +89,7 @@ def sim_superres(
     overwrite: Overwrite = False,
 ) -> None:
     """Downsample clean images (antialiased bicubic) and add noise."""
+    _plan(inputs, output_dir, [_measurement_tail(npy)], {})
     from ..operators import BicubicDownsample
     from .measurements import fixed_operator, simulate_images
 
@@ -92,6 +116,7 @@ def sim_inpaint(
     overwrite: Overwrite = False,
 ) -> None:
     """Remove pixels of clean images (writing NAME.mask.png, white = observed) and add noise."""
+    _plan(inputs, output_dir, [_measurement_tail(npy), ".mask.png"], {"--mask": mask})
     from .measurements import inpainting_maker, simulate_images
 
     make = inpainting_maker(missing, box, mask)
@@ -114,6 +139,7 @@ def sim_nonlinear(
     overwrite: Overwrite = False,
 ) -> None:
     """Apply a nonlinear blur to clean images and add noise."""
+    _plan(inputs, output_dir, [_measurement_tail(npy)], {})
     from .measurements import fixed_operator, simulate_images
     from .tasks import nonlinear_operator
 
@@ -149,6 +175,8 @@ def sim_ct(
     DICOM slices are mapped from HU to [0, 1] through the window [-1024, 3072]."""
     check_one_noise(ctx, relative_noise)
     from .files import CT_INPUTS
+
+    _plan(inputs, output_dir, [".npz"], {"--angles-file": angles_file}, CT_INPUTS)
     from .measurements import ct_angles, ct_maker, simulate_images
     from .tasks import read_clean_ct
 

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 import typer
 
-from ..io.ct import hu_to_unit, read_dicom_hu, read_sinogram
+from ..io.ct import Sinogram, hu_to_unit, read_dicom_hu, read_sinogram
+from ..io.dicom_detect import looks_like_dicom
 from ..io.errors import InputError
 from ..io.images import LoadedImage, load_array, read_image
 from ..operators import Blur, GaussianBlur, Inpainting, NonlinearBlur, ParallelBeamCT, load_operator
-from .files import match_by_name
+from .files import mask_for
 from .restore import Measurement
 
 
@@ -67,13 +68,6 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def mask_for(source: Path, mask: Path) -> Path:
-    """One mask for every input, or the mask in a folder named like the input."""
-    if mask.is_dir():
-        return match_by_name(source, mask, [".png", ".npy", ".tif", ".tiff", ".bmp"], tags=(".mask", ""))
-    return mask
-
-
 def inpainting_operator(mask_path: Path, shape: tuple[int, int], source: Path) -> Inpainting:
     mask = read_mask(mask_path)
     if mask.shape != shape:
@@ -112,9 +106,9 @@ def nonlinear_operator(spec: str | None, args: list[str]):
 
 
 def read_clean_ct(path: Path) -> LoadedImage:
-    """A clean CT slice for simulation or reference: DICOM in HU through the window,
-    or an image/array already in [0, 1] (grey)."""
-    if path.suffix.lower() == ".dcm":
+    """A clean CT slice for simulation or reference: DICOM (.dcm, or no suffix and a DICM
+    preamble) in HU through the window, or an image/array already in [0, 1] (grey)."""
+    if looks_like_dicom(path):
         hu, _ = read_dicom_hu(path)
         return LoadedImage(hu_to_unit(hu)[None], 16, path)
     image = read_image(path)
@@ -152,11 +146,12 @@ def ct_measurement(
     layout: str | None,
     angles_source: str | None,
     image_size: int | None,
+    noise: float | None,
     relative_noise: float | None,
 ) -> Measurement:
     """A sinogram and its parallel-beam projector; the image is ``image_size`` (default:
-    the detector count) wide, the noise std ``relative_noise`` of the sinogram's maximum
-    when given."""
+    the detector count) wide. ``noise`` is --noise when given on the command line (else
+    None); ``ct_noise_std`` says which noise std wins, and the report says where it came from."""
     sino = read_sinogram(
         path,
         angles=angles,
@@ -169,6 +164,22 @@ def ct_measurement(
     size = image_size or n_det
     angles_deg = [float(a) for a in sino.angles_deg]
     op = ParallelBeamCT(angles_deg, size, det_count=n_det)
-    extra = {"angles_deg": angles_deg, "det_count": n_det, "image_size": size}
-    sigma_y = None if relative_noise is None else relative_noise * float(np.abs(sino.data).max())
+    sigma_y, source = ct_noise_std(sino, noise, relative_noise)
+    extra = {"angles_deg": angles_deg, "det_count": n_det, "image_size": size, "sigma_y_source": source}
     return Measurement(to_batch(sino.data[None]), op, (1, size, size), 16, extra, sigma_y)
+
+
+def ct_noise_std(
+    sino: Sinogram, noise: float | None, relative_noise: float | None
+) -> tuple[float | None, str]:
+    """The sinogram's noise std and where it came from, first found of: --relative-noise
+    (of the sinogram's maximum), --noise, the std ``simulate ct`` recorded in the .npz,
+    and --noise's default (None: the caller's)."""
+    if relative_noise is not None:
+        return relative_noise * float(np.abs(sino.data).max()), "--relative-noise"
+    if noise is not None:
+        return noise, "--noise"
+    # A noise-free simulation records 0, which would leave the discrepancy principle no stop.
+    if sino.noise_std:
+        return sino.noise_std, "npz"
+    return None, "default"

@@ -8,14 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..io.ct import unit_to_hu, write_derived_dicom
+from ..io.ct import (
+    DerivedSeries,
+    new_derived_series,
+    read_ct_header,
+    read_source_slice,
+    unit_to_hu,
+    write_derived_dicom,
+)
+from ..io.errors import InputError
 from ..io.images import save_array, write_image
-from .files import stem_path
+from .files import expand_inputs, stem_path
 from .options import CommonOptions
 
 if TYPE_CHECKING:
     import numpy as np
+    from pydicom.dataset import Dataset
 
+    from .batch import PlannedInput
     from .restore import Measurement
 
 
@@ -58,18 +68,66 @@ def output_suffix(source: Path) -> str:
     return ".tif" if suffix in (".tif", ".tiff") else ".png"
 
 
-class CTWriter(Writer):
-    """A PNG of the [0, 1] image (the HU window), a float32 .npy in HU, and with a
-    template a derived DICOM slice."""
+class DicomTemplates:
+    """The slices of ``--dicom-template``: one file for every input, or a folder's slices,
+    each matched to an input by the SOPInstanceUID its .npz records, else by name."""
 
-    def __init__(self, dicom_template: Path | None):
-        self.dicom_template = dicom_template
+    def __init__(self, option: Path, headers: dict[Path, Dataset]):
+        self.option = option
+        self.headers = headers  # each template's tags, without its pixels
+        self._by_uid = {str(ds.get("SOPInstanceUID")): path for path, ds in headers.items()}
+
+    @classmethod
+    def load(cls, option: Path) -> DicomTemplates:
+        """Read every template's tags; an unreadable or non-CT template, or a folder with no
+        DICOM file, is an InputError (the command makes it a usage error)."""
+        paths = expand_inputs([option], {".dcm"})
+        if not paths:
+            raise InputError(
+                option, "no DICOM files here (.dcm, or without a suffix and with a DICM preamble)"
+            )
+        return cls(option, {path: read_ct_header(path) for path in paths})
+
+    def match(self, source: Path, source_slice: dict | None) -> Path:
+        """The template of the input ``source``, whose .npz recorded ``source_slice``."""
+        if not self.option.is_dir():
+            return self.option
+        uid = (source_slice or {}).get("SOPInstanceUID")
+        if uid in self._by_uid:
+            return self._by_uid[uid]
+        for path in self.headers:
+            if path.stem == source.stem:
+                return path
+        recorded = f"SOPInstanceUID {uid} or " if uid else ""
+        raise InputError(source, f"no template in {self.option} has its {recorded}name {source.stem}")
+
+
+class CTWriter(Writer):
+    """A PNG of the [0, 1] image (the HU window), a float32 .npy in HU, and with templates
+    a derived DICOM slice. The slices derived from one source series in one run form one
+    new series."""
+
+    def __init__(self, templates: DicomTemplates | None = None):
+        self.templates = templates
+        self._matched: dict[Path, tuple[Path, dict | None]] = {}  # input -> template, source slice
+        self._series: dict[str, DerivedSeries] = {}  # source SeriesInstanceUID -> its derived series
 
     def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
         paths = {"output": stem_path(source, common, ".png"), "hu": stem_path(source, common, ".npy")}
-        if self.dicom_template is not None:
+        if self.templates is not None:
             paths["dicom"] = stem_path(source, common, ".dcm")
         return paths
+
+    def match_templates(self, planned: list[PlannedInput]) -> None:
+        """Give each input its template before any model loads; an input with none fails."""
+        if self.templates is None:
+            return
+        for item in planned:
+            try:
+                source_slice = read_source_slice(item.source)
+                self._matched[item.source] = (self.templates.match(item.source, source_slice), source_slice)
+            except InputError as err:
+                item.error = str(err)
 
     def write(self, paths, image, measurement, source, done) -> None:
         write_image(paths["output"], image)
@@ -78,7 +136,20 @@ class CTWriter(Writer):
         save_array(paths["hu"], hu)
         done.append(paths["hu"])
         if "dicom" in paths:
+            template_path, source_slice = self._matched[source]
+            template = self.templates.headers[template_path]
             write_derived_dicom(
-                paths["dicom"], hu, self.dicom_template, f"ReSample reconstruction of {source.name}"
+                paths["dicom"],
+                hu,
+                template,
+                self._series_of(template),
+                source_slice=source_slice,
+                derivation=f"ReSample reconstruction of {source.name}",
             )
             done.append(paths["dicom"])
+
+    def _series_of(self, template: Dataset) -> DerivedSeries:
+        key = str(template.get("SeriesInstanceUID", ""))
+        if key not in self._series:
+            self._series[key] = new_derived_series(template)
+        return self._series[key]

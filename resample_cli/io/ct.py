@@ -3,22 +3,34 @@
 The image domain is attenuation scaled to [0, 1] through the HU window: HU clamped to
 [HU_MIN, HU_MAX] and mapped linearly. Sinograms are line integrals of that image with
 unit pixel size, angles in degrees, stored (angles, detectors).
+
+pydicom is imported inside the functions that read or write DICOM: the command line's
+``--help`` imports this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime
+import json
+from collections.abc import Iterator, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .. import __version__
 from .atomic import atomic_path
 from .errors import InputError
 from .images import load_array
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 HU_MIN, HU_MAX = -1024.0, 3072.0
+AIR_HU = -900.0  # denser than this is not air (scanners read air near -1000 HU, with noise)
 
 Layout = Literal["angles-first", "det-first"]
 
@@ -37,6 +49,8 @@ class Sinogram:
     data: np.ndarray  # (angles, detectors), float32
     angles_deg: np.ndarray
     path: Path
+    noise_std: float | None = None  # the noise std ``resample simulate ct`` added, when it made the file
+    source_slice: dict | None = None  # the DICOM slice it was simulated from (``dicom_slice_facts``)
 
 
 def equal_angles(n: int) -> np.ndarray:
@@ -54,15 +68,17 @@ def read_sinogram(
     angles_source: str | None = None,
 ) -> Sinogram:
     """Read a 2-D sinogram from ``.npy`` or ``.npz`` (keys ``sinogram``, optional
-    ``angles`` and ``det_spacing``). Angles come from the file, else ``angles``, else
+    ``angles``, ``det_spacing``, and from ``resample simulate ct`` ``noise_std`` and
+    ``dicom``, the source slice's tags as JSON). Angles come from the file, else ``angles``, else
     ``n_angles`` equally spaced (a count given beside the file's angles must agree). The layout is taken from ``layout`` or inferred from
     which axis has as many entries as there are angles; a square sinogram whose both
     axes match is refused as ambiguous. ``angles_source`` (e.g. the angles file) is
     named in a count mismatch, since either file may be the wrong one."""
     path = Path(path)
     suffix = path.suffix.lower()
+    noise_std = source_slice = None
     if suffix == ".npz":
-        sino, file_angles = _read_npz(path)
+        sino, file_angles, noise_std, source_slice = _read_npz(path)
     elif suffix == ".npy":
         sino, file_angles = load_array(path), None
     else:
@@ -96,7 +112,7 @@ def read_sinogram(
             f"sinogram {'(det-first) ' if layout == 'det-first' else ''}has {sino.shape[0]} "
             f"angle rows but {given} were given",
         )
-    return Sinogram(np.ascontiguousarray(sino, dtype=np.float32), angles, path)
+    return Sinogram(np.ascontiguousarray(sino, dtype=np.float32), angles, path, noise_std, source_slice)
 
 
 def _infer_layout(path: Path, shape: tuple[int, int], n: int, given: str) -> Layout:
@@ -117,20 +133,16 @@ def _infer_layout(path: Path, shape: tuple[int, int], n: int, given: str) -> Lay
     )
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "sinogram" not in f:
-                raise InputError(path, f"no 'sinogram' key in .npz (keys: {', '.join(f.files) or 'none'})")
-            sino = np.asarray(f["sinogram"], dtype=np.float32)
-            angles = np.asarray(f["angles"], dtype=np.float64) if "angles" in f else None
-            spacing = float(f["det_spacing"]) if "det_spacing" in f else 1.0
-    except (ValueError, OSError, EOFError) as err:
-        if path.exists() and path.stat().st_size == 0:
-            raise InputError(path, "empty file") from None
-        if not path.exists():
-            raise InputError(path, "no such file") from None
-        raise InputError(path, f"not a readable .npz archive ({err})") from None
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | None, dict | None]:
+    """The sinogram, its angles, the recorded noise std and source slice (each None if absent)."""
+    with _open_npz(path) as f:
+        if "sinogram" not in f:
+            raise InputError(path, f"no 'sinogram' key in .npz (keys: {', '.join(f.files) or 'none'})")
+        sino = np.asarray(f["sinogram"], dtype=np.float32)
+        angles = np.asarray(f["angles"], dtype=np.float64) if "angles" in f else None
+        spacing = float(f["det_spacing"]) if "det_spacing" in f else 1.0
+        noise_std = float(f["noise_std"]) if "noise_std" in f else None
+        source_slice = _source_slice(f)
     if spacing != 1.0:
         raise InputError(
             path, f"det_spacing {spacing} is not supported: sinograms must use unit detector spacing"
@@ -139,7 +151,36 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(path, "sinogram holds NaN or infinite values")
     if angles is not None and not np.isfinite(angles).all():
         raise InputError(path, "angles hold NaN or infinite values")
-    return sino, angles
+    if noise_std is not None and not (np.isfinite(noise_std) and noise_std >= 0):
+        raise InputError(path, f"noise_std {noise_std} is not a non-negative number")
+    return sino, angles, noise_std, source_slice
+
+
+def read_source_slice(path: str | Path) -> dict | None:
+    """The DICOM slice a sinogram file was simulated from (``dicom_slice_facts``), if it says."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    with _open_npz(path) as f:
+        return _source_slice(f)
+
+
+def _source_slice(npz) -> dict | None:
+    return json.loads(str(npz["dicom"])) if "dicom" in npz else None
+
+
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator:
+    """The open archive; its read errors as one-line InputErrors naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            yield f
+    except (ValueError, OSError, EOFError) as err:
+        if path.exists() and path.stat().st_size == 0:
+            raise InputError(path, "empty file") from None
+        if not path.exists():
+            raise InputError(path, "no such file") from None
+        raise InputError(path, f"not a readable .npz archive ({err})") from None
 
 
 def read_angles_file(path: str | Path) -> np.ndarray:
@@ -158,24 +199,14 @@ def read_angles_file(path: str | Path) -> np.ndarray:
     return values
 
 
-def read_dicom_hu(path: str | Path, *, require_ct: bool = True):
-    """A DICOM slice in HU (RescaleSlope/Intercept applied; pixels equal to
+def read_dicom_hu(path: str | Path) -> tuple[np.ndarray, Dataset]:
+    """A CT DICOM slice in HU (RescaleSlope/Intercept applied; pixels equal to
     PixelPaddingValue set to HU_MIN), and the dataset."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as err:
-        raise InputError(path, f"not a readable DICOM file ({err})") from None
+    ds = _read_dicom(path)
     if "PixelData" not in ds:
         raise InputError(path, "DICOM file has no pixel data")
-    modality = str(ds.get("Modality", ""))
-    if require_ct and modality != "CT":
-        raise InputError(path, f"DICOM modality is {modality or 'missing'}, not CT")
+    _check_ct(path, ds)
     try:
         raw = ds.pixel_array
     except Exception as err:  # pydicom raises many types for broken pixel data
@@ -188,36 +219,238 @@ def read_dicom_hu(path: str | Path, *, require_ct: bool = True):
     return hu, ds
 
 
-def write_derived_dicom(
-    path: str | Path, hu: np.ndarray, template_path: str | Path, description: str
-) -> None:
-    """A derived CT slice from ``hu``: the template's patient and study tags, a new
-    series and instance, ImageType DERIVED\\SECONDARY, int16 pixels with slope 1."""
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+def read_ct_header(path: str | Path) -> Dataset:
+    """A CT DICOM slice's tags without its pixels: what a derived slice copies."""
+    path = Path(path)
+    ds = _read_dicom(path, header_only=True)
+    _check_ct(path, ds)
+    if not ds.get("SOPInstanceUID"):
+        raise InputError(path, "DICOM file has no SOPInstanceUID for a derived slice to refer to")
+    return ds
 
-    _, ds = read_dicom_hu(template_path, require_ct=False)
-    ds = ds.copy()
-    pixels = np.round(np.clip(hu, -32768, 32767)).astype(np.int16)
+
+def clean_ct_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of the clean slice ``read_clean_ct`` would return, from headers alone: a
+    DICOM's Rows/Columns, else the image's size (for checks before a model loads)."""
+    from .dicom_detect import looks_like_dicom
+    from .images import image_size
+
+    path = Path(path)
+    if not looks_like_dicom(path):
+        return image_size(path)
+    ds = _read_dicom(path, header_only=True)
+    return int(ds.Rows), int(ds.Columns)
+
+
+def _read_dicom(path: Path, *, header_only: bool = False) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as err:
+        raise InputError(path, f"not a readable DICOM file ({err})") from None
+
+
+def _check_ct(path: Path, ds: Dataset) -> None:
+    modality = str(ds.get("Modality", ""))
+    if modality != "CT":
+        raise InputError(path, f"DICOM modality is {modality or 'missing'}, not CT")
+
+
+# --- what a slice was: recorded by ``simulate ct``, used by derived slices -------------
+
+SERIES_TAGS = ("StudyInstanceUID", "SeriesInstanceUID")
+# A slice's own tags: a derived slice made with another slice of the series as its template
+# takes these from the source slice, not from the template.
+SLICE_TAGS = (
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SliceLocation",
+    "WindowCenter",
+    "WindowWidth",
+    "Rows",
+    "Columns",
+)
+
+
+def dicom_slice_facts(ds: Dataset) -> dict:
+    """The series and slice tags ``ds`` holds, as JSON values (UIDs as strings, numbers
+    as numbers, multi-valued tags as lists)."""
+    facts = {}
+    for tag in SERIES_TAGS + SLICE_TAGS:
+        value = ds.get(tag)
+        if value is not None and value != "":
+            facts[tag] = _json_value(value)
+    return facts
+
+
+def read_dicom_slice_facts(path: str | Path) -> dict:
+    """``dicom_slice_facts`` of a DICOM file, read without its pixels."""
+    return dicom_slice_facts(_read_dicom(Path(path), header_only=True))
+
+
+def _json_value(value):
+    if isinstance(value, MutableSequence):  # pydicom's MultiValue
+        return [_json_value(v) for v in value]
+    if isinstance(value, int):  # pydicom's IS subclasses int
+        return int(value)
+    if isinstance(value, float):  # and DSfloat float
+        return float(value)
+    return str(value)
+
+
+# --- derived slices -------------------------------------------------------------------
+
+# Our own implementation class UID (file meta), fixed, under pydicom's UID root: what
+# pydicom.uid.generate_uid(entropy_srcs=["resample-cli implementation class"]) gives.
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.16223752196228981266504262505310532511"
+IMPLEMENTATION_VERSION_NAME = f"RESAMPLE_{__version__}"[:16]  # DICOM allows 16 characters
+SOFT_TISSUE_WINDOW = (40, 400)  # centre, width in HU: for templates without a window
+DERIVED_IMAGE_TYPE = ("DERIVED", "SECONDARY", "AXIAL")
+# Tags about the template's stored pixel values, untrue of the derived slice's.
+STORED_VALUE_TAGS = (
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "LargestImagePixelValue",
+    "SmallestImagePixelValue",
+)
+
+
+@dataclass(frozen=True)
+class DerivedSeries:
+    """What every slice of one derived series shares."""
+
+    uid: str
+    date: str
+    time: str
+    description: str
+
+
+def new_derived_series(template: Dataset) -> DerivedSeries:
+    """A new series for the slices derived from ``template``'s series: a new UID, now."""
+    from pydicom.uid import generate_uid
+
     now = datetime.datetime.now()
+    source = str(template.get("SeriesDescription", "")).strip()
+    description = f"ReSample of {source}" if source else "ReSample reconstruction"
+    return DerivedSeries(generate_uid(), now.strftime("%Y%m%d"), now.strftime("%H%M%S"), description[:64])
+
+
+def write_derived_dicom(
+    path: str | Path,
+    hu: np.ndarray,
+    template: Dataset,
+    series: DerivedSeries,
+    *,
+    source_slice: dict | None = None,
+    derivation: str = "",
+) -> None:
+    """Write ``derived_slice`` atomically."""
+    ds = derived_slice(hu, template, series, source_slice=source_slice, derivation=derivation)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+
+
+def derived_slice(
+    hu: np.ndarray,
+    template: Dataset,
+    series: DerivedSeries,
+    *,
+    source_slice: dict | None = None,
+    derivation: str = "",
+) -> Dataset:
+    """A slice of ``series`` holding ``hu`` (int16, slope 1): the template's patient, study,
+    frame of reference and slice tags, a new SOPInstanceUID, SourceImageSequence naming the
+    template slice, ImageType DERIVED\\SECONDARY\\AXIAL, geometry fitted to ``hu``'s grid.
+    ``source_slice`` (``dicom_slice_facts`` of the slice the data came from) replaces the
+    template's slice tags when it is another slice of the template's series."""
+    ds = copy.deepcopy(template)
+    if source_slice and source_slice.get("SeriesInstanceUID") == str(ds.get("SeriesInstanceUID", "")):
+        _take_slice_tags(ds, source_slice)
+    _new_identity(ds, series, derivation)
+    _fit_geometry(ds, hu.shape)
+    _keep_window(ds)
+    _set_pixels(ds, hu)
+    return ds
+
+
+def _take_slice_tags(ds: Dataset, source_slice: dict) -> None:
+    for tag in SLICE_TAGS:
+        if tag in source_slice:
+            setattr(ds, tag, source_slice[tag])
+        elif tag in ds:
+            delattr(ds, tag)  # the template's value describes another slice
+
+
+def _new_identity(ds: Dataset, series: DerivedSeries, derivation: str) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    source = Dataset()
+    source.ReferencedSOPClassUID = ds.get("SOPClassUID", CTImageStorage)
+    source.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    ds.SourceImageSequence = [source]
+    ds.SOPClassUID = source.ReferencedSOPClassUID
     ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.SeriesDescription = description[:64]
-    ds.DerivationDescription = description[:1024]
-    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    for tag in (
-        "PixelPaddingValue",
-        "WindowCenter",
-        "WindowWidth",
-        "LargestImagePixelValue",
-        "SmallestImagePixelValue",
-    ):
+    ds.SeriesInstanceUID = series.uid
+    ds.ImageType = list(DERIVED_IMAGE_TYPE)
+    ds.SeriesDescription = series.description
+    ds.SeriesDate, ds.SeriesTime = series.date, series.time
+    now = datetime.datetime.now()
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if derivation:
+        ds.DerivationDescription = derivation[:1024]
+    # A new file meta: the template's names the application that wrote the template.
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+
+
+def _fit_geometry(ds: Dataset, shape: tuple[int, int]) -> None:
+    """Rows and Columns of ``shape``; PixelSpacing scaled so the field of view stays the
+    template's, and ImagePositionPatient (the first pixel's centre) moved by half the
+    change of spacing along the row and column directions, so that the field of view keeps its centre."""
+    from pydicom.valuerep import DSfloat
+
+    rows, cols = shape
+    old_rows, old_cols = int(ds.get("Rows") or rows), int(ds.get("Columns") or cols)
+    ds.Rows, ds.Columns = rows, cols
+    if "PixelSpacing" not in ds:
+        return
+    old_spacing = np.array(ds.PixelSpacing, dtype=np.float64)  # (between rows, between columns)
+    spacing = old_spacing * (old_rows / rows, old_cols / cols)
+    ds.PixelSpacing = [DSfloat(v, auto_format=True) for v in spacing]
+    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        cosines = np.array(ds.ImageOrientationPatient, dtype=np.float64)
+        along_row, along_column = cosines[:3], cosines[3:]
+        change = (spacing - old_spacing) / 2
+        position = np.array(ds.ImagePositionPatient, dtype=np.float64)
+        position += change[1] * along_row + change[0] * along_column
+        ds.ImagePositionPatient = [DSfloat(v, auto_format=True) for v in position]
+
+
+def _keep_window(ds: Dataset) -> None:
+    """The template's display window (in HU, so still right with slope 1), else soft tissue."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        ds.WindowCenter, ds.WindowWidth = SOFT_TISSUE_WINDOW
+
+
+def _set_pixels(ds: Dataset, hu: np.ndarray) -> None:
+    pixels = np.round(np.clip(hu, -32768, 32767)).astype(np.int16)
+    for tag in STORED_VALUE_TAGS:
         if tag in ds:
             delattr(ds, tag)
-    ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
@@ -225,5 +458,4 @@ def write_derived_dicom(
     ds.PixelRepresentation = 1
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     ds.PixelData = pixels.tobytes()
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+    ds["PixelData"].VR = "OW"  # the template was read without pixels: nothing says which VR

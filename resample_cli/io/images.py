@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import InputError
@@ -29,7 +29,8 @@ def read_image(path: str | Path, *, unit_range: bool = True) -> LoadedImage:
     """Read an image file (PNG, JPEG, TIFF, BMP; 8- or 16-bit; grey or RGB, alpha
     dropped with a warning) or a ``.npy`` array ((H, W), (H, W, C) or (C, H, W) with
     C in {1, 3}). Array values must lie in [0, 1] unless ``unit_range`` is False (a
-    noisy measurement may leave it)."""
+    noisy measurement may leave it). An EXIF orientation (cameras' JPEGs) is applied:
+    the image comes upright, as viewers show it."""
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in ARRAY_SUFFIXES:
@@ -37,9 +38,33 @@ def read_image(path: str | Path, *, unit_range: bool = True) -> LoadedImage:
     try:
         with Image.open(path) as im:
             im.load()
-            return _from_pil(path, im)
+            return _from_pil(path, ImageOps.exif_transpose(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(path, f"not a readable image ({err})") from None
+
+
+# EXIF orientations that turn the image a quarter turn: its stored width is its height.
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of the image ``read_image`` would return, from the file's header alone (no
+    decoding: cheap enough to check every input before a model loads)."""
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (ValueError, OSError, EOFError) as err:
+            raise InputError(path, f"not a readable .npy array ({err})") from None
+        return _image_array_shape(path, shape)[1:]
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(path, f"not a readable image ({err})") from None
+    return (width, height) if turned else (height, width)
 
 
 def _check_file(path: Path) -> None:
@@ -67,15 +92,23 @@ def load_array(path: str | Path) -> np.ndarray:
     return arr
 
 
+def _image_array_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The (C, H, W) an array of ``shape`` is read as: (H, W), (H, W, C) or (C, H, W)."""
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
+        return (shape[2], shape[0], shape[1])
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return tuple(shape)
+    raise InputError(path, f"array of shape {shape} is not an image: expected (H, W), (H, W, C) or (C, H, W)")
+
+
 def _image_array(path: Path, arr: np.ndarray, unit_range: bool = True) -> np.ndarray:
+    shape = _image_array_shape(path, arr.shape)
     if arr.ndim == 2:
         arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
+    elif shape != arr.shape:  # (H, W, C)
         arr = arr.transpose(2, 0, 1)
-    elif not (arr.ndim == 3 and arr.shape[0] in (1, 3)):
-        raise InputError(
-            path, f"array of shape {arr.shape} is not an image: expected (H, W), (H, W, C) or (C, H, W)"
-        )
     if unit_range and (arr.min() < 0 or arr.max() > 1):
         raise InputError(
             path, f"values span [{arr.min():.4g}, {arr.max():.4g}]; image arrays must lie in [0, 1]"

@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,14 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 from diffusers.utils import logging as diffusers_logging
-from huggingface_hub import constants, snapshot_download
-from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.utils import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import logging as hub_logging
 
 from .base import PriorInfo
 from .diffusers_prior import DiffusersPrior, default_latent_scale
@@ -36,6 +43,7 @@ from .registry import RegistryEntry, load_registry
 __all__ = ["PriorError", "fetch_prior", "load_prior", "prior_cache_path"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _AUTOENCODERS = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
 
 
@@ -161,15 +169,15 @@ def _config_patterns(source: _Source) -> list[str]:
 def _cached_snapshot(source: _Source) -> Path | None:
     """The cached snapshot folder of ``source``'s revision (configs at least), or None."""
     try:
-        return Path(
-            snapshot_download(
+        with _quiet_hub():
+            folder = snapshot_download(
                 source.repo,
                 revision=source.revision,
                 cache_dir=constants.HF_HUB_CACHE,
                 allow_patterns=_config_patterns(source),
                 local_files_only=True,
             )
-        )
+        return Path(folder)
     except LocalEntryNotFoundError:
         return None
 
@@ -217,25 +225,59 @@ def _hub_folder(source: _Source, *, refresh: bool) -> Path:
 
 def _download(source: _Source) -> Path:
     """Configs and safetensors weights; ``.bin`` weights only for networks that lack safetensors."""
+    if source.revision and _COMMIT.fullmatch(source.revision):
+        _check_reachable(source)
     networks = _network_folders(source)
-    folder = Path(
-        snapshot_download(
-            source.repo,
-            revision=source.revision,
-            cache_dir=constants.HF_HUB_CACHE,
-            allow_patterns=_config_patterns(source) + [f"{sub}/{SAFETENSORS}" for sub in networks],
+    with _quiet_hub():
+        folder = Path(
+            snapshot_download(
+                source.repo,
+                revision=source.revision,
+                cache_dir=constants.HF_HUB_CACHE,
+                allow_patterns=_config_patterns(source) + [f"{sub}/{SAFETENSORS}" for sub in networks],
+            )
         )
-    )
-    bins = [
-        f"{sub}/{BIN}"
-        for sub in networks
-        if (folder / sub / CONFIG).is_file() and weights_file(folder / sub) is None
-    ]
-    if bins:  # pinned to the commit just fetched, should the branch move meanwhile
-        snapshot_download(
-            source.repo, revision=folder.name, cache_dir=constants.HF_HUB_CACHE, allow_patterns=bins
-        )
+        bins = [
+            f"{sub}/{BIN}"
+            for sub in networks
+            if (folder / sub / CONFIG).is_file() and weights_file(folder / sub) is None
+        ]
+        if bins:  # pinned to the commit just fetched, should the branch move meanwhile
+            snapshot_download(
+                source.repo, revision=folder.name, cache_dir=constants.HF_HUB_CACHE, allow_patterns=bins
+            )
     return folder
+
+
+def _check_reachable(source: _Source) -> None:
+    """Ask the Hub about the repository once, without retries: a Hub that does not answer
+    is one PriorError at once. For a commit hash (the registry's pins) snapshot_download
+    skips its own such question and lists the files at once, a request it retries five
+    times over about 25 s when the Hub cannot be reached. A missing repository or revision
+    raises its own error; any other answer leaves the download to decide."""
+    try:
+        with _quiet_hub():
+            HfApi().repo_info(source.repo, revision=source.revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except HfHubHTTPError:
+        return  # the Hub answered (a server error, a rate limit): the download's own handling applies
+    except Exception as err:  # no answer at all (name resolution, refused, timed out): library-specific types
+        raise _not_cached(source, "the Hub cannot be reached") from err
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Keep huggingface_hub's log lines ("Retrying in 8s [Retry 4/5]") and warnings off the
+    user's terminal, under --quiet too: what goes wrong becomes one PriorError line."""
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def _not_cached(source: _Source, reason: str) -> PriorError:
