@@ -8,8 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of ``x`` against ``ref`` (any equal shapes)."""
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0, *, per_image: bool = False) -> float:
+    """Peak signal-to-noise ratio in dB of ``x`` against ``ref`` (any equal shapes), from the
+    mean squared error over all their entries. With ``per_image``, ``x`` and ``ref`` are
+    batches (N, ...) and the result is the mean of each image's PSNR, each from its own
+    error floored at 1e-12 (120 dB for unit range), so that one exact image cannot make the
+    mean infinite; in the batch's precision (float32 for the trainer's held-out images)."""
+    if per_image:
+        mse = (x - ref).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+        return float((10 * math.log10(data_range**2) - 10 * torch.log10(mse)).mean())
     mse = float((x.double() - ref.double()).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 

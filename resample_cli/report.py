@@ -15,18 +15,31 @@ REPORT_VERSION = 1
 
 
 def residual_summary(
-    rms: float, sigma_y: float, y_norm: float, m: int, per_dc_step: Sequence[float | None]
+    rms: float,
+    sigma_y: float,
+    y_norm: float,
+    m: int,
+    per_dc_step: Sequence[float | None],
+    *,
+    decoded_rms: float | None = None,
 ) -> dict:
-    """The fixed ``residual`` block: rms = ||y - A(x)|| / sqrt(m), its ratio to sigma_y,
-    and the relative residual ||y - A(x)|| / ||y||."""
+    """The fixed ``residual`` block: rms = ||y - A(x)|| / sqrt(m) of the output x, its
+    ratio to sigma_y, and the relative residual ||y - A(x)|| / ||y||; ``decoded_ratio``:
+    the ratio of the decoded image a final pixel solve started from (None when none ran,
+    the output then being the decoded image), i.e. how well the prior itself fits."""
     norm = rms * math.sqrt(m)
     return {
         "rms": rms,
         "sigma_y": sigma_y,
-        "ratio": rms / sigma_y if sigma_y > 0 else None,
+        "ratio": _ratio(rms, sigma_y),
         "relative": norm / y_norm if y_norm > 0 else None,
         "per_dc_step": list(per_dc_step),
+        "decoded_ratio": None if decoded_rms is None else _ratio(decoded_rms, sigma_y),
     }
+
+
+def _ratio(rms: float, sigma_y: float) -> float | None:
+    return rms / sigma_y if sigma_y > 0 else None
 
 
 def write_report(path: str | Path, report: dict) -> None:

@@ -2,7 +2,8 @@
 
 import torch
 
-from resample_cli.operators.compose import ChannelMean, Cropped, pad_to_multiple
+from resample_cli.operators import GaussianBlur, LinearOperator, NonlinearBlur
+from resample_cli.operators.compose import ChannelMean, Crop, Cropped, padded_canvas
 from resample_cli.operators.matrix import MatrixOperator
 
 
@@ -43,8 +44,26 @@ def test_solve_matches_the_dense_regularised_least_squares():
     assert torch.allclose(op.solve(y, x0, lam).flatten(), expected, atol=1e-10)
 
 
-def test_pad_to_multiple_keeps_the_image_in_its_box():
+def test_padded_canvas_keeps_the_image_in_its_box():
     x = torch.rand(1, 3, 10, 13)
-    padded, (top, left, h, w) = pad_to_multiple(x, 8)
-    assert padded.shape[-2:] == (16, 16)
+    size, box = padded_canvas(10, 13, 8)
+    top, left, h, w = box
+    assert size == (16, 16)
+    padded = Crop(box, size).adjoint(x)  # zero padding around the image
+    assert padded.shape[-2:] == size
     assert torch.equal(padded[..., top : top + h, left : left + w], x)
+    assert (top, left) == (3, 1)  # centred; the odd column goes last
+
+
+def test_a_wrapper_is_a_linear_operator_exactly_when_what_it_wraps_is():
+    for wrapped in (Cropped(GaussianBlur(1.0, 5), (1, 1, 6, 6), (8, 8)), ChannelMean(GaussianBlur(1.0, 5))):
+        assert isinstance(wrapped, LinearOperator) and wrapped.linear and wrapped.fast_solve
+    for wrapped in (Cropped(NonlinearBlur(1.0, 5), (1, 1, 6, 6), (8, 8)), ChannelMean(NonlinearBlur(1.0, 5))):
+        assert not isinstance(wrapped, LinearOperator) and not wrapped.linear
+        assert not hasattr(wrapped, "adjoint") and not hasattr(wrapped, "solve")
+        assert wrapped.params() == NonlinearBlur(1.0, 5).params()
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(
+        Cropped(NonlinearBlur(1.0, 5), (1, 1, 6, 6), (8, 8))(x), NonlinearBlur(1.0, 5)(x[..., 1:7, 1:7])
+    )
+    assert torch.equal(ChannelMean(NonlinearBlur(1.0, 5))(x), NonlinearBlur(1.0, 5)(x.mean(1, keepdim=True)))

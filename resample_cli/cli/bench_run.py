@@ -5,6 +5,7 @@ the solvers and the priors."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,95 +29,48 @@ from ..bench import (
     write_markdown,
 )
 from ..io.errors import InputError
-from ..io.images import LoadedImage, read_image, write_image
-from ..operators import BicubicDownsample
-from ..priors import PriorError, load_prior
+from ..io.images import LoadedImage, write_image
+from ..priors import LatentPrior, PriorError, load_prior
 from ..training.data import SyntheticSource
+from .bench import BenchOptions
 from .console import Output
-from .files import CT_INPUTS, IMAGE_INPUTS, check_output_dir, expand_inputs
-from .measurements import (
-    Maker,
-    ct_angles,
-    ct_maker,
-    fixed_operator,
-    inpainting_maker,
-    measure,
-    noise_generator,
-)
-from .options import DEFAULT_MODELS, DEFAULT_NOISE, Device
+from .files import check_output_dir, clean_inputs, expand_inputs
+from .measurements import Maker, measure, measurement_maker, noise_generator, read_clean
+from .options import DEFAULT_MODELS, DEFAULT_NOISE
 from .restore import resolve_device
-from .tasks import blur_operator, nonlinear_operator, read_clean_ct
-from .train import Synthetic
 
 OUTPUTS = ("bench.md", "bench.csv")
 
 
-def run_benchmark(
-    options: dict[str, Any],
-    *,
-    task: str,
-    data: Path | None,
-    synthetic: Synthetic | None,
-    n: int,
-    size: int | None,
-    noise: float | None,
-    relative_noise: float | None,
-    seed: int,
-    solvers: str,
-    steps: int | None,
-    tv_weight: float | None,
-    tikhonov_lam: float,
-    model: str | None,
-    revision: str | None,
-    device: Device,
-    dtype: str,
-    output_dir: Path,
-    save_images: bool,
-    overwrite: bool,
-    quiet: bool,
-) -> int:
-    """Run the benchmark ``resample bench`` describes; the exit code. ``options``: the
-    command's parameters by name, from which the task's operator is made as ``resample
-    simulate TASK`` makes it."""
+def run_benchmark(task: str, task_options: Mapping[str, Any], options: BenchOptions) -> int:
+    """Run the benchmark ``resample bench`` describes; the exit code. Each image's operator
+    is made from ``task_options`` as ``resample simulate TASK`` makes it."""
+    labels = _solver_labels(task, options)
+    make = measurement_maker(task, task_options)
+    device = resolve_device(options.device)
+    out = Output(quiet=options.quiet)
+    targets = [options.output_dir / name for name in OUTPUTS]
+    relative_noise = task_options["relative_noise"]
     try:
-        labels = parse_solvers(solvers, task)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--solvers") from None
-    if synthetic is not None and size is None and not needs_prior(labels):
-        raise typer.BadParameter(
-            "give the image side: classical solvers have no prior to take it from", param_hint="--size"
-        )
-    make = _maker(task, options)
-    torch_device = resolve_device(device)
-    out = Output(quiet=quiet)
-    targets = [output_dir / name for name in OUTPUTS]
-    sigma_y = DEFAULT_NOISE[task] if noise is None else noise
-    try:
-        check_output_dir(output_dir)
-        _refuse_existing(targets, overwrite)
-        if data is not None:  # read before the model loads: a bad file needs no model to be found
-            images, source = _read_images(task, data)
-        prior = None
-        if needs_prior(labels):
-            spec = model or DEFAULT_MODELS[task]
-            out.log(f"loading model {spec} on {torch_device}")
-            prior = load_prior(spec, revision=revision, device=torch_device)
-        if data is None:
-            images, source = _synthetic_images(task, synthetic, n, size, seed, prior)
-        cases = [_case(image, make, sigma_y, relative_noise, seed) for image in images]
-        saved = _image_paths(output_dir, cases, labels) if save_images else {}
-        _refuse_existing(saved.values(), overwrite)
+        check_output_dir(options.output_dir)
+        _refuse_existing(targets, options.overwrite)
+        prior, images, source = _images_and_prior(task, labels, options, device, out)
+        sigma_y = DEFAULT_NOISE[task] if options.noise is None else options.noise
+        cases = [_case(image, make, sigma_y, relative_noise, options.seed) for image in images]
+        saved = _image_paths(options.output_dir, cases, labels) if options.save_images else {}
+        _refuse_existing(saved.values(), options.overwrite)
         if saved:
-            (output_dir / "images").mkdir(exist_ok=True)
+            (options.output_dir / "images").mkdir(exist_ok=True)
     except (InputError, PriorError) as err:
         out.error(str(err))
         raise typer.Exit(1) from None
+    dtype = options.dtype.value
     autocast = None if dtype == "float32" else getattr(torch, dtype)
-    settings = BenchSettings(steps, seed, autocast, tv_weight, tikhonov_lam)
+    settings = BenchSettings(options.steps, options.seed, autocast, options.tv_weight, options.tikhonov_lam)
     bench_solvers = build_solvers(labels, task, prior, settings)
-    lpips, lpips_note = load_lpips(torch_device)
+    lpips, lpips_note = load_lpips(device)
     try:
-        rows, failures = _run(out, task, cases, bench_solvers, torch_device, lpips, saved)
+        rows, failures = _run(out, task, cases, bench_solvers, device, lpips, saved)
     except KeyboardInterrupt:
         out.error("interrupted; no bench files were written")
         raise typer.Exit(130) from None
@@ -124,12 +78,48 @@ def run_benchmark(
     if relative_noise is not None:
         sigmas = [case.sigma_y for case in cases]
         noise_line = f"{relative_noise:g} of each sinogram's maximum ({min(sigmas):.4g} to {max(sigmas):.4g})"
-    lines = _settings(task, cases, prior, source, noise_line, seed, labels, steps, torch_device, dtype)
-    info = TableInfo(torch_device, lpips_note, lines)
+    lines = _settings(
+        task, cases, prior, source, noise_line, options.seed, labels, options.steps, device, dtype
+    )
+    info = TableInfo(device, lpips_note, lines)
     write_csv(targets[1], rows, info)
     write_markdown(targets[0], f"resample bench {task}", rows, info)
     out.log(f"{len(rows)} rows -> {targets[0]}, {targets[1]}")
     return out.summary(failures)
+
+
+def _solver_labels(task: str, options: BenchOptions) -> list[str]:
+    """The solvers of --solvers; a usage error when one is unknown, or when --synthetic
+    images have no side to take: no --size, and no prior to take it from."""
+    try:
+        labels = parse_solvers(options.solvers, task)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--solvers") from None
+    if options.synthetic is not None and options.size is None and not needs_prior(labels):
+        raise typer.BadParameter(
+            "give the image side: classical solvers have no prior to take it from", param_hint="--size"
+        )
+    return labels
+
+
+def _images_and_prior(
+    task: str, labels: list[str], options: BenchOptions, device: torch.device, out: Output
+) -> tuple[LatentPrior | None, list[LoadedImage], str]:
+    """The prior the solvers need (None for classical ones only), the clean images, and a
+    line saying where these came from. --data is read before the model loads: a bad file
+    needs no model to be found; --synthetic images take the prior's size without --size."""
+    if options.data is not None:
+        images, source = _read_images(task, options.data)
+    prior = None
+    if needs_prior(labels):
+        spec = options.model or DEFAULT_MODELS[task]
+        out.log(f"loading model {spec} on {device}")
+        prior = load_prior(spec, revision=options.revision, device=device)
+    if options.data is None:
+        images, source = _synthetic_images(
+            task, options.synthetic, options.n, options.size, options.seed, prior
+        )
+    return prior, images, source
 
 
 def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], list[str]]:
@@ -164,22 +154,6 @@ def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], li
     return rows, failures
 
 
-def _maker(task: str, options: dict) -> Maker:
-    """The operator of each image, as ``resample simulate TASK`` makes it from the same options."""
-    if task == "deblur":
-        return fixed_operator(blur_operator(options["sigma"], options["kernel_size"], options["kernel"]))
-    if task == "superres":
-        return fixed_operator(BicubicDownsample(options["scale"]))
-    if task == "inpaint":
-        return inpainting_maker(options["missing"], options["box"], options["mask"])
-    if task == "ct":
-        return ct_maker(ct_angles(options["angles"], options["angles_file"]))
-    try:
-        return fixed_operator(nonlinear_operator(options["operator"], options["operator_arg"] or []))
-    except (ValueError, ImportError, TypeError) as err:
-        raise typer.BadParameter(str(err), param_hint="--operator") from None
-
-
 def _refuse_existing(paths, overwrite: bool) -> None:
     if not overwrite:
         for path in paths:
@@ -189,10 +163,10 @@ def _refuse_existing(paths, overwrite: bool) -> None:
 
 def _read_images(task: str, data: Path) -> tuple[list[LoadedImage], str]:
     """The clean images of --data, and a line saying where they came from."""
-    suffixes, read = (CT_INPUTS, read_clean_ct) if task == "ct" else (IMAGE_INPUTS, read_image)
-    paths = expand_inputs([data], suffixes)
+    paths = expand_inputs([data], clean_inputs(task))
     if not paths:
         raise InputError(data, "no images here")
+    read = read_clean(task)
     return [read(path) for path in paths], f"{len(paths)} from {data}"
 
 

@@ -25,6 +25,11 @@ REPORT_TAIL = ".report.json"
 OUTPUT_SUFFIXES = {".png", ".tif", ".npy", ".dcm"}
 
 
+def clean_inputs(task: str) -> set[str]:
+    """What a folder of a task's clean images (``simulate TASK``, ``bench TASK --data``) may hold."""
+    return CT_INPUTS if task == "ct" else IMAGE_INPUTS
+
+
 def expand_inputs(items: Iterable[str | Path], suffixes: set[str]) -> list[Path]:
     """Files as given; folders as their files with one of ``suffixes`` (sorted, not
     recursive), leaving out this tool's own outputs; patterns with * ? [ that the shell

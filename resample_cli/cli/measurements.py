@@ -10,8 +10,9 @@ import contextlib
 import json
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from ..io.images import LoadedImage, read_image, save_array, write_image
 from ..operators import GaussianNoise, Inpainting, ParallelBeamCT, box_mask, random_mask
 from ..operators.base import Operator
 from .console import Output
-from .files import IMAGE_INPUTS, check_output_dir, expand_inputs
-from .tasks import mask_for, read_mask, to_batch
+from .files import check_output_dir, clean_inputs, expand_inputs
+from .tasks import mask_for, read_clean_ct, read_mask, task_operator, to_batch
 
 # Side files to write, by name suffix; "npz" instead holds the arrays of a CT measurement's .npz.
 Extras = dict[str, np.ndarray | dict[str, np.ndarray]]
@@ -57,22 +58,23 @@ def measure(
 
 
 def simulate_images(
+    task: str,
+    options: Mapping[str, Any],
     inputs: list[Path],
     output_dir: Path,
+    *,
     noise: float,
     seed: int,
     npy: bool,
     overwrite: bool,
-    make: Maker,
-    suffixes: set[str] = IMAGE_INPUTS,
-    read: Callable[[Path], LoadedImage] = read_image,
-    relative_noise: float | None = None,
 ) -> int:
-    """For each clean file: build the operator (and any side files), measure, add noise,
-    write. ``make`` returns the operator and extra files to write, by name suffix;
-    ``relative_noise`` replaces ``noise`` as in ``measure``."""
+    """``resample simulate TASK``: for each clean file, build the operator the task's
+    ``options`` describe (and any side files), measure, add noise, write; the exit code.
+    The ct option --relative-noise replaces ``noise`` as in ``measure``."""
+    make = measurement_maker(task, options)  # a bad option is a usage error, before any file
+    read, relative_noise = read_clean(task), options.get("relative_noise")
     out = Output()
-    paths = expand_inputs(inputs, suffixes)
+    paths = expand_inputs(inputs, clean_inputs(task))
     try:
         check_output_dir(output_dir)
     except InputError as err:
@@ -130,9 +132,20 @@ def _write_measurement(path, output_dir, y, bit_depth, npy, overwrite, extras, s
     return targets
 
 
-def fixed_operator(op: Operator) -> Maker:
-    """The same operator for every image, with no side files."""
-    return lambda clean, gen: (op, {})
+def measurement_maker(task: str, options: Mapping[str, Any]) -> Maker:
+    """How ``simulate TASK`` and ``bench TASK`` measure each clean image, from the task's
+    options (``task_options.TASK_OPTIONS``)."""
+    if task == "inpaint":
+        return inpainting_maker(options["missing"], options["box"], options["mask"])
+    if task == "ct":
+        return ct_maker(ct_angles(options["angles"], options["angles_file"]))
+    op = task_operator(task, options)
+    return lambda clean, gen: (op, {})  # the same operator for every image, with no side files
+
+
+def read_clean(task: str) -> Callable[[Path], LoadedImage]:
+    """How a task's clean images are read: for ct, DICOM slices (in HU) or grey images; else images."""
+    return read_clean_ct if task == "ct" else read_image
 
 
 def inpainting_maker(missing: float, box: int | None, mask: Path | None) -> Maker:

@@ -1,7 +1,12 @@
-"""Options shared by the restoring commands, declared once.
+"""How the commands declare their options, and the options the restoring commands share.
 
-Typer reads a command's options from its signature, so the commands are built with
-``command_signature``: the task's own parameters followed by these.
+Typer reads a command's options from its signature. Each option is declared once, as an
+``Option`` (its parameter name, type, default and ``typer.Option`` settings), and each
+command gets its signature from the Options it takes (``takes``). A command in which an
+option means something a little different (another default, help text or panel) takes
+``option.but(...)``. A dataclass whose fields are options (``CommonOptions``, the training
+settings) declares each field once with its option settings in ``metadata["option"]``;
+``options_of`` reads them.
 
 Only the standard library and typer here: ``--help`` and ``--version`` read these
 declarations, and must not wait for torch.
@@ -9,14 +14,149 @@ declarations, and must not wait for torch.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
+
+REQUIRED = inspect.Parameter.empty  # an option or argument without a default must be given
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option (or argument), declared once.
+
+    ``settings`` are ``typer.Option`` (or ``typer.Argument``) keywords, and ``check``, a
+    function that raises ``ValueError`` for a value it refuses (typer gets it as a callback,
+    the error as a usage error)."""
+
+    name: str  # the parameter's name; spelled --name-with-dashes unless ``flags`` says otherwise
+    type: Any
+    default: Any = REQUIRED
+    flags: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    argument: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The option's long name on the command line, as usage errors name it."""
+        return next((f for f in self.flags if f.startswith("--")), "--" + self.name.replace("_", "-"))
+
+    @property
+    def help(self) -> str:
+        return self.settings.get("help", "")
+
+    @property
+    def names_a_file(self) -> bool:
+        """Whether the option names a file the command reads (and so no output may replace)."""
+        return self.type in (Path, Path | None)
+
+    def but(self, **changes: Any) -> Option:
+        """This option with some of its declaration changed: ``type``, ``default``, ``flags``,
+        or any setting (``help``, ``rich_help_panel``, ...)."""
+        own = {k: changes.pop(k) for k in ("type", "default", "flags") if k in changes}
+        return dataclasses.replace(self, **own, settings={**self.settings, **changes})
+
+    def as_field(self) -> Any:
+        """This option as a field of a dataclass of options (``options_of``); the field's
+        annotation is its type."""
+        return declared(
+            self.default, flags=self.flags, **self.settings, **({"argument": True} if self.argument else {})
+        )
+
+    def parameter(self) -> inspect.Parameter:
+        """The parameter typer reads the option from."""
+        settings = dict(self.settings)
+        check = settings.pop("check", None)
+        if check is not None:
+            settings["callback"] = _callback(check)
+        info = typer.Argument(**settings) if self.argument else typer.Option(*self.flags, **settings)
+        return inspect.Parameter(
+            self.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=self.default,
+            annotation=Annotated[self.type, info],
+        )
+
+
+def option(
+    name: str, type: Any, default: Any = REQUIRED, *, flags: tuple[str, ...] = (), **settings: Any
+) -> Option:
+    return Option(name, type, default, flags, settings)
+
+
+def argument(name: str, type: Any, **settings: Any) -> Option:
+    return Option(name, type, settings=settings, argument=True)
+
+
+def _callback(check: Callable[[Any], None]) -> Callable[[Any], Any]:
+    def callback(value: Any) -> Any:
+        try:
+            check(value)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        return value
+
+    return callback
+
+
+def declared(default: Any = REQUIRED, *, flags: tuple[str, ...] = (), **settings: Any) -> Any:
+    """A dataclass field that is also an option (``options_of``): ``settings`` as ``Option``'s."""
+    metadata = {"option": {**settings, **({"flags": flags} if flags else {})}}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def options_of(cls: type) -> list[Option]:
+    """The options a dataclass's fields declare in ``metadata["option"]`` (``flags``,
+    ``argument``, and ``Option`` settings), in field order; fields without are left out."""
+    hints = get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        if "option" not in f.metadata:
+            continue
+        settings = dict(f.metadata["option"])
+        flags = tuple(settings.pop("flags", ()))
+        is_argument = settings.pop("argument", False)
+        default = REQUIRED if f.default is dataclasses.MISSING else f.default
+        found.append(Option(f.name, hints[f.name], default, flags, settings, is_argument))
+    return found
+
+
+CONTEXT = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+
+def takes(options: Iterable[Option], context: bool = False) -> Callable[[Command], Command]:
+    """Give a command the signature typer reads ``options`` from. The command is called with
+    each option's value by name, and with ``context``, ``ctx`` (the ``typer.Context``) too."""
+    parameters = [o.parameter() for o in options]
+
+    def declare(command: Command) -> Command:
+        command.__signature__ = inspect.Signature([CONTEXT, *parameters] if context else parameters)
+        return command
+
+    return declare
+
+
+def by_name(options: Iterable[Option]) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The names of the parameters given on the command line, not left at their defaults."""
+    # By name: Typer may vendor its own click, whose ParameterSource is another enum.
+    return {
+        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
+
 
 # The prior each task uses without --model.
 DEFAULT_MODELS = {
@@ -69,17 +209,18 @@ def default_threads(cpus: int | None = None) -> int:
     return max(1, min(4, cpus // 2))
 
 
-def positive(value: float | None) -> float | None:
+# Checks (``Option``'s ``check``): they raise ValueError for a value they refuse.
+
+
+def positive(value: float | None) -> None:
     if value is not None and value <= 0:
-        raise typer.BadParameter(f"must be > 0, got {value}")
-    return value
+        raise ValueError(f"must be > 0, got {value}")
 
 
-def odd(value: int) -> int:
+def odd(value: int) -> None:
     """A Gaussian kernel needs a middle pixel: refuse an even width while parsing."""
     if value % 2 == 0:
-        raise typer.BadParameter(f"must be odd, got {value}")
-    return value
+        raise ValueError(f"must be odd, got {value}")
 
 
 def require_existing(path: Path | None, param_hint: str) -> None:
@@ -88,286 +229,135 @@ def require_existing(path: Path | None, param_hint: str) -> None:
         raise typer.BadParameter(f"{path}: no such file or folder", param_hint=param_hint)
 
 
-# CT noise is easier to state relative to the data: sinogram values grow with the image size.
-RelativeNoise = Annotated[
-    float | None,
-    typer.Option(
-        callback=positive,
-        help="CT noise std as a fraction of each sinogram's maximum (0.01 = 1 %), instead of --noise.",
-        show_default=False,
-    ),
-]
-
-
-def given_options(ctx: typer.Context) -> set[str]:
-    """The names of the parameters given on the command line, not left at their defaults."""
-    # By name: Typer may vendor its own click, whose ParameterSource is another enum.
-    return {
-        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    }
-
-
-def check_one_noise(ctx: typer.Context, relative_noise: float | None) -> None:
+def check_one_noise(given: set[str], relative_noise: float | None) -> None:
     """Refuse --noise with --relative-noise: both set the noise std, and picking one silently hides a typo."""
-    if relative_noise is not None and "noise" in given_options(ctx):
+    if relative_noise is not None and "noise" in given:
         raise typer.BadParameter(
             "give either --noise or --relative-noise, not both", param_hint="--relative-noise"
         )
 
 
+COMMON_PANEL = "Common options"
+# --noise's meaning wherever a command takes it; the restoring commands say more.
+NOISE_HELP = "Measurement noise std sigma_y in [0, 1] image units (CT: sinogram units)."
+
+
 @dataclass(frozen=True)
 class CommonOptions:
-    model: str | None
-    revision: str | None
-    preset: Preset
-    steps: int | None
-    noise: float
-    seed: int
-    samples: int
-    batch_size: int | None
-    device: Device
-    dtype: DType
-    threads: int | None
-    output_dir: Path
-    suffix: str
-    skip_existing: bool
-    overwrite: bool
-    reference: Path | None
-    plot: bool
-    quiet: bool
-    json: bool
+    """The options every restoring command takes after its task's own: each field is one
+    (``options_of``), and ``simulate``, ``bench`` and ``train-prior`` take some of them too."""
 
-
-def _kw(name: str, annotation, default) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
-
-COMMON = "Common options"
-
-COMMON_PARAMETERS = [
-    _kw(
-        "model",
-        Annotated[
-            str | None,
-            typer.Option(
-                help="Prior: a registry name (see `resample models list`), a Hub repo id, or a local folder "
-                "in the diffusers layout. [default: the task's default model]",
-                rich_help_panel=COMMON,
-            ),
-        ],
+    model: str | None = declared(
         None,
-    ),
-    _kw(
-        "revision",
-        Annotated[
-            str | None,
-            typer.Option(
-                help="Hub revision (commit, branch or tag) of --model; default: the registry's pinned commit.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Prior: a registry name (see `resample models list`), a Hub repo id, or a local folder "
+        "in the diffusers layout. [default: the task's default model]",
+        rich_help_panel=COMMON_PANEL,
+    )
+    revision: str | None = declared(
         None,
-    ),
-    _kw(
-        "preset",
-        Annotated[
-            Preset,
-            typer.Option(
-                help="Solver settings: 'paper' reproduces the authors' code (slow); 'fast' is this tool's cheaper schedule.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Hub revision (commit, branch or tag) of --model; default: the registry's pinned commit.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    preset: Preset = declared(
         Preset.fast,
-    ),
-    _kw(
-        "steps",
-        Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                help="DDIM steps, overriding the preset's (paper: 500, fast: 50).",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Solver settings: 'paper' reproduces the authors' code (slow); 'fast' is this tool's cheaper schedule.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    steps: int | None = declared(
         None,
-    ),
-    _kw(
-        "noise",
-        Annotated[
-            float,
-            typer.Option(
-                min=0.0,
-                help="Measurement noise std sigma_y in [0, 1] image units (CT: sinogram units). Data consistency "
-                "stops at a residual of sigma_y per measurement.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        min=1,
+        help="DDIM steps, overriding the preset's (paper: 500, fast: 50).",
+        rich_help_panel=COMMON_PANEL,
+    )
+    noise: float = declared(
         0.005,
-    ),
-    _kw(
-        "seed",
-        Annotated[
-            int,
-            typer.Option(
-                min=0,
-                help="Random seed: same seed, input, model and device give the same output.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        min=0.0,
+        help=f"{NOISE_HELP} Data consistency stops at a residual of sigma_y per measurement.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    seed: int = declared(
         0,
-    ),
-    _kw(
-        "samples",
-        Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="Posterior samples per input: their mean is written, and with K > 1 a per-pixel standard "
-                "deviation map (NAME.std.png, NAME.std.npy).",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        min=0,
+        help="Random seed: same seed, input, model and device give the same output.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    samples: int = declared(
         1,
-    ),
-    _kw(
-        "batch_size",
-        Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                help="Samples run together in one batch. [default: all --samples at once]",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        min=1,
+        help="Posterior samples per input: their mean is written, and with K > 1 a per-pixel standard "
+        "deviation map (NAME.std.png, NAME.std.npy).",
+        rich_help_panel=COMMON_PANEL,
+    )
+    batch_size: int | None = declared(
         None,
-    ),
-    _kw(
-        "device",
-        Annotated[
-            Device,
-            typer.Option(
-                help="Where the networks run: auto picks cuda, then mps, then cpu.", rich_help_panel=COMMON
-            ),
-        ],
+        min=1,
+        help="Samples run together in one batch. [default: all --samples at once]",
+        rich_help_panel=COMMON_PANEL,
+    )
+    device: Device = declared(
         Device.auto,
-    ),
-    _kw(
-        "dtype",
-        Annotated[
-            DType,
-            typer.Option(
-                help="Precision of the networks (autocast); the solves stay float32.", rich_help_panel=COMMON
-            ),
-        ],
+        help="Where the networks run: auto picks cuda, then mps, then cpu.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    dtype: DType = declared(
         DType.float32,
-    ),
-    _kw(
-        "threads",
-        Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                help="CPU threads for torch (e.g. 1 per job when several share a machine). "
-                "[default: half the CPUs, at most 4 (here "
-                f"{default_threads()}); OMP_NUM_THREADS when it is set]",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Precision of the networks (autocast); the solves stay float32.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    threads: int | None = declared(
         None,
-    ),
-    _kw(
-        "output_dir",
-        Annotated[
-            Path,
-            typer.Option(
-                "--output-dir",
-                "-o",
-                help="Folder for outputs and reports (created if missing).",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        min=1,
+        help="CPU threads for torch (e.g. 1 per job when several share a machine). "
+        f"[default: half the CPUs, at most 4 (here {default_threads()}); OMP_NUM_THREADS when it is set]",
+        rich_help_panel=COMMON_PANEL,
+    )
+    output_dir: Path = declared(
         Path("restored"),
-    ),
-    _kw(
-        "suffix",
-        Annotated[
-            str,
-            typer.Option(
-                help="Added to each output's name before its extension, e.g. '_restored'.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        flags=("--output-dir", "-o"),
+        help="Folder for outputs and reports (created if missing).",
+        rich_help_panel=COMMON_PANEL,
+    )
+    suffix: str = declared(
         "",
-    ),
-    _kw(
-        "skip_existing",
-        Annotated[
-            bool, typer.Option(help="Skip inputs whose output already exists.", rich_help_panel=COMMON)
-        ],
+        help="Added to each output's name before its extension, e.g. '_restored'.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    skip_existing: bool = declared(
+        False, help="Skip inputs whose output already exists.", rich_help_panel=COMMON_PANEL
+    )
+    overwrite: bool = declared(
         False,
-    ),
-    _kw(
-        "overwrite",
-        Annotated[
-            bool,
-            typer.Option(
-                help="Replace existing outputs. Without this or --skip-existing an existing output is an error.",
-                rich_help_panel=COMMON,
-            ),
-        ],
-        False,
-    ),
-    _kw(
-        "reference",
-        Annotated[
-            Path | None,
-            typer.Option(
-                help="Clean image (one input) or a folder of them matched by name: PSNR and SSIM go into the report.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Replace existing outputs. Without this or --skip-existing an existing output is an error.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    reference: Path | None = declared(
         None,
-    ),
-    _kw(
-        "plot",
-        Annotated[
-            bool,
-            typer.Option(
-                help="Also write NAME.residual.png: the residual after each data-consistency step.",
-                rich_help_panel=COMMON,
-            ),
-        ],
+        help="Clean image (one input) or a folder of them matched by name: PSNR and SSIM go into the report.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    plot: bool = declared(
         False,
-    ),
-    _kw(
-        "quiet",
-        Annotated[
-            bool,
-            typer.Option(
-                "--quiet", "-q", help="No progress bars or log lines, only errors.", rich_help_panel=COMMON
-            ),
-        ],
+        help="Also write NAME.residual.png: the residual after each data-consistency step.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    quiet: bool = declared(
         False,
-    ),
-    _kw(
-        "json",
-        Annotated[
-            bool,
-            typer.Option(
-                help="Print one JSON object per output on stdout (logs go to stderr).", rich_help_panel=COMMON
-            ),
-        ],
+        flags=("--quiet", "-q"),
+        help="No progress bars or log lines, only errors.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    json: bool = declared(
         False,
-    ),
-]
+        help="Print one JSON object per output on stdout (logs go to stderr).",
+        rich_help_panel=COMMON_PANEL,
+    )
 
 
-def command_signature(task_parameters: list[inspect.Parameter]) -> inspect.Signature:
-    return inspect.Signature(task_parameters + COMMON_PARAMETERS)
+COMMON_OPTIONS = options_of(CommonOptions)
+COMMON = by_name(COMMON_OPTIONS)  # for the other commands, which take some of them
 
 
-def split_common(kwargs: dict) -> tuple[dict, CommonOptions]:
-    """Separate a command's keyword arguments into its task's and the common ones."""
-    names = {p.name for p in COMMON_PARAMETERS}
-    common = CommonOptions(**{k: v for k, v in kwargs.items() if k in names})
-    return {k: v for k, v in kwargs.items() if k not in names}, common
+def split_common(values: dict[str, Any]) -> tuple[dict[str, Any], CommonOptions]:
+    """Separate a restoring command's option values into its task's and the common ones."""
+    common = CommonOptions(**{name: values[name] for name in COMMON})
+    return {k: v for k, v in values.items() if k not in COMMON}, common

@@ -19,8 +19,11 @@ import typer
 from rich.progress import Progress
 
 from .. import pipeline
+from ..devices import DeviceUnavailableError
+from ..devices import resolve_device as torch_device
 from ..io.errors import InputError
 from ..io.images import read_image, write_image
+from ..messages import first_line
 from ..metrics import psnr, ssim
 from ..operators.base import Operator
 from ..priors import PriorError, load_prior
@@ -46,19 +49,11 @@ class Measurement:
 
 
 def resolve_device(device: Device) -> torch.device:
-    if device is Device.auto:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    if device is Device.mps and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise typer.BadParameter("MPS is not available on this machine", param_hint="--device")
-    return torch.device(device.value)
+    """``--device`` as a torch device; one torch cannot use here is a usage error (exit 2)."""
+    try:
+        return torch_device(device)
+    except DeviceUnavailableError as err:
+        raise typer.BadParameter(str(err), param_hint="--device") from None
 
 
 def run_restore(
@@ -317,8 +312,7 @@ def _check_shapes(source: Path, measurement: Measurement) -> None:
         with torch.no_grad():
             fit = measurement.operator(torch.zeros(1, *measurement.image_shape))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(source, f"the forward model fails on a {shape} image ({first})") from None
+        raise InputError(source, f"the forward model fails on a {shape} image ({first_line(err)})") from None
     if fit.shape != measurement.y.shape:
         raise InputError(
             source,

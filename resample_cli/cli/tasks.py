@@ -7,17 +7,28 @@ Imported by a command only when it runs: it imports torch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import typer
 
-from ..io.ct import Sinogram, hu_to_unit, read_dicom_hu, read_sinogram
+from ..io.ct import Sinogram, hu_to_unit, read_dicom_hu
 from ..io.dicom_detect import looks_like_dicom
 from ..io.errors import InputError
 from ..io.images import LoadedImage, load_array, read_image
-from ..operators import Blur, GaussianBlur, Inpainting, NonlinearBlur, ParallelBeamCT, load_operator
+from ..operators import (
+    BicubicDownsample,
+    Blur,
+    GaussianBlur,
+    Inpainting,
+    NonlinearBlur,
+    ParallelBeamCT,
+    load_operator,
+)
+from ..operators.base import Operator
 from .files import mask_for
 from .restore import Measurement
 
@@ -97,9 +108,29 @@ def parse_operator_args(items: list[str]) -> dict:
 
 
 def nonlinear_operator(spec: str | None, args: list[str]):
-    if spec is None:
-        return NonlinearBlur(**parse_operator_args(args))
-    return load_operator(spec, **parse_operator_args(args))
+    """The forward model of --operator and --operator-arg; one that cannot be made is a
+    usage error (exit 2)."""
+    try:
+        if spec is None:
+            return NonlinearBlur(**parse_operator_args(args))
+        return load_operator(spec, **parse_operator_args(args))
+    except (ValueError, ImportError, TypeError) as err:
+        raise typer.BadParameter(str(err), param_hint="--operator") from None
+
+
+# --- the same forward model for every image ---------------------------------
+
+
+def task_operator(task: str, options: Mapping[str, Any]) -> Operator:
+    """The forward model of deblur, superres or nonlinear-deblur from the task's options
+    (``task_options.TASK_OPTIONS``), the same for every image."""
+    if task == "deblur":
+        return blur_operator(options["sigma"], options["kernel_size"], options["kernel"])
+    if task == "superres":
+        return BicubicDownsample(options["scale"])
+    if task == "nonlinear-deblur":
+        return nonlinear_operator(options["operator"], options["operator_arg"] or [])
+    raise ValueError(f"{task}: the forward model depends on each input")
 
 
 # --- CT ---------------------------------------------------------------------
@@ -140,26 +171,16 @@ def inpainting_measurement(path: Path, mask: Path) -> Measurement:
 def ct_measurement(
     path: Path,
     *,
-    angles: np.ndarray | None,
-    n_angles: int | None,
-    angle_unit: str,
-    layout: str | None,
-    angles_source: str | None,
+    read: Callable[[Path], Sinogram],
     image_size: int | None,
     noise: float | None,
     relative_noise: float | None,
 ) -> Measurement:
-    """A sinogram and its parallel-beam projector; the image is ``image_size`` (default:
-    the detector count) wide. ``noise`` is --noise when given on the command line (else
-    None); ``ct_noise_std`` says which noise std wins, and the report says where it came from."""
-    sino = read_sinogram(
-        path,
-        angles=angles,
-        n_angles=n_angles,
-        angle_unit=angle_unit,
-        layout=layout,
-        angles_source=angles_source,
-    )
+    """The sinogram ``read`` reads (``io.ct.read_sinogram`` with the geometry options) and
+    its parallel-beam projector; the image is ``image_size`` (default: the detector count)
+    wide. ``noise`` is --noise when given on the command line (else None); ``ct_noise_std``
+    says which noise std wins, and the report says where it came from."""
+    sino = read(path)
     n_det = sino.data.shape[1]
     size = image_size or n_det
     angles_deg = [float(a) for a in sino.angles_deg]

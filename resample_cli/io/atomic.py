@@ -1,11 +1,12 @@
-"""Atomic writes: a file appears complete under its final name, or not at all."""
+"""Atomic writes: a file or folder appears complete under its final name, or not at all."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -19,7 +20,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        tmp.chmod(_file_mode())
+        tmp.chmod(0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:
@@ -27,10 +28,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
+def _umask() -> int:
+    # The only way to read the umask is to set it; put it straight back.
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -40,3 +42,32 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def make_temp_folder(target: Path) -> Path:
+    """A fresh hidden folder ``.NAME.*.tmp`` beside ``target``, with the permissions a plain
+    ``mkdir`` would give (``mkdtemp`` makes it private, which a shipped or shared model should
+    not be)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def replace_folder(target: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a fresh temporary folder beside ``target``, then put it in
+    ``target``'s place (removing an older ``target``); on any error (Ctrl-C included) remove
+    the temporary folder."""
+    tmp = make_temp_folder(target)
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -54,12 +54,34 @@ class LinearOperator(Operator):
     ) -> torch.Tensor:
         """argmin_x ||y - A x||^2 + lam ||x - x0||^2, per batch element.
 
-        ``lam`` is a float or a tensor of shape ``(N,)``. The default is conjugate
-        gradients on (A^T A + lam I) x = A^T y + lam x0, warm-started at ``x0``.
+        ``lam`` is a float or a tensor of shape ``(N,)``. ``tol`` and ``max_iter`` bound an
+        iterative solve; operators with an exact one ignore them. How an operator solves is
+        its ``_solve``.
         """
-        lam = _per_sample(lam, x0)
+        return self._solve(y, x0, _per_sample(lam, x0), tol=tol, max_iter=max_iter)
+
+    def _solve(
+        self, y: torch.Tensor, x0: torch.Tensor, lam: torch.Tensor, *, tol: float, max_iter: int
+    ) -> torch.Tensor:
+        """``solve`` with ``lam`` shaped to broadcast over each batch element's image. The
+        default is conjugate gradients on (A^T A + lam I) x = A^T y + lam x0, warm-started at
+        ``x0``, preconditioned when the operator has a ``_preconditioner``."""
         rhs = self.adjoint(y) + lam * x0
-        return conjugate_gradient(lambda v: self.normal(v) + lam * v, rhs, x0, tol=tol, max_iter=max_iter)
+        return conjugate_gradient(
+            lambda v: self.normal(v) + lam * v,
+            rhs,
+            x0,
+            tol=tol,
+            max_iter=max_iter,
+            precond=self._preconditioner(x0, lam),
+        )
+
+    def _preconditioner(
+        self, like: torch.Tensor, lam: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """An approximate inverse of (A^T A + lam I) for images shaped as ``like`` (see
+        ``conjugate_gradient``), or None for plain conjugate gradients."""
+        return None
 
 
 def _per_sample(lam: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .base import LinearOperator, _per_sample, conjugate_gradient
+from .base import LinearOperator
 
 
 def _period(n: int) -> int:
@@ -108,35 +108,20 @@ class Blur(LinearOperator):
         correlated = _circular(placed, self._cached_spectrum("linear", y).conj())
         return _scatter(correlated[..., : len(rows), : len(cols)], rows, cols, h, w)
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        x0: torch.Tensor,
-        lam: float | torch.Tensor,
-        *,
-        tol: float = 1e-6,
-        max_iter: int = 200,
-    ) -> torch.Tensor:
-        """argmin_x ||y - A x||^2 + lam ||x - x0||^2 by (preconditioned) conjugate gradients.
-
-        CG runs on the exact operator, so the result is exact at the borders too, up to the CG
-        tolerance. When the kernel is symmetric in each axis (Gaussian blur, for one) CG is
-        preconditioned by the FFT (circulant) inverse of (A^T A + lam I) on the mirror-periodic
-        extension, P = S+ (|K|^2 + lam)^-1 S+^T with S+ the average over mirrored copies. It
-        differs from the exact inverse only along the image's edge rows and columns, by a
-        bounded factor, so CG converges in a handful of iterations whatever lam is. For other
-        kernels the circulant approximation is poor at the borders and plain CG is used.
-        """
-        lam = _per_sample(lam, x0)
-        rhs = self.adjoint(y) + lam * x0
-        precond = self._preconditioner(x0, lam) if self._mirror_symmetric(x0) else None
-        return conjugate_gradient(
-            lambda v: self.normal(v) + lam * v, rhs, x0, tol=tol, max_iter=max_iter, precond=precond
-        )
-
     def _preconditioner(
         self, like: torch.Tensor, lam: torch.Tensor
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For ``solve``'s conjugate gradients, which run on the exact operator (so the result
+        is exact at the borders too, up to the CG tolerance). When the kernel is symmetric in
+        each axis (Gaussian blur, for one) CG is preconditioned by the FFT (circulant) inverse
+        of (A^T A + lam I) on the mirror-periodic extension, P = S+ (|K|^2 + lam)^-1 S+^T with
+        S+ the average over mirrored copies. It differs from the exact inverse only along the
+        image's edge rows and columns, by a bounded factor, so CG converges in a handful of
+        iterations whatever lam is. For other kernels the circulant approximation is poor at
+        the borders and plain CG (None) is used.
+        """
+        if not self._mirror_symmetric(like):
+            return None
         h, w = like.shape[-2:]
         power = self._cached_spectrum("period", like).abs().square()
         # The floor keeps the preconditioner bounded when lam = 0 and the kernel has spectral zeros.

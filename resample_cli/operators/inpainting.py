@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import LinearOperator, _per_sample
+from .base import LinearOperator
 
 
 class Inpainting(LinearOperator):
@@ -44,14 +44,8 @@ class Inpainting(LinearOperator):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._mask(y) * y
 
-    def solve(
-        self,
-        y: torch.Tensor,
-        x0: torch.Tensor,
-        lam: float | torch.Tensor,
-        *,
-        tol: float = 1e-6,
-        max_iter: int = 200,
+    def _solve(
+        self, y: torch.Tensor, x0: torch.Tensor, lam: torch.Tensor, *, tol: float, max_iter: int
     ) -> torch.Tensor:
         """Closed form, pixel by pixel: (m y + lam x0) / (m^2 + lam) (m^2 = m for a binary mask).
 
@@ -59,7 +53,6 @@ class Inpainting(LinearOperator):
         lam = 0. ``tol`` and ``max_iter`` are unused: the solution is exact.
         """
         m = self._mask(x0)
-        lam = _per_sample(lam, x0)
         return x0 + m * (y - m * x0) / (m.square() + lam).clamp_min(torch.finfo(x0.dtype).tiny)
 
     def _mask(self, like: torch.Tensor) -> torch.Tensor:

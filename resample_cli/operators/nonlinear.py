@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..messages import first_line
 from .base import Operator
 from .blur import GaussianBlur
 
@@ -79,21 +80,15 @@ def load_operator(path: str, **kwargs) -> Operator:
         module = importlib.import_module(module_name)
     except Exception as e:  # any failure at import time means the module is unusable
         raise OperatorLoadError(
-            f"cannot import module {module_name!r} for operator {path!r}: {_line(e)}"
+            f"cannot import module {module_name!r} for operator {path!r}: {first_line(e)}"
         ) from e
     if not hasattr(module, attr):
         raise OperatorLoadError(f"module {module_name!r} has no attribute {attr!r} (operator {path!r})")
     try:
         built = getattr(module, attr)(**kwargs)
     except Exception as e:  # the user's constructor may fail in any way
-        raise OperatorLoadError(f"cannot construct operator {path!r} with {kwargs}: {_line(e)}") from e
+        raise OperatorLoadError(f"cannot construct operator {path!r} with {kwargs}: {first_line(e)}") from e
     if not isinstance(built, nn.Module):
         raise OperatorLoadError(f"operator {path!r} built a {type(built).__name__}, not a torch.nn.Module")
     operator = built if isinstance(built, Operator) else ModuleOperator(built)
     return operator.eval().requires_grad_(False)
-
-
-def _line(error: Exception) -> str:
-    """The first line of an exception's message, so errors stay one line long."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -13,6 +13,32 @@ from .base import LatentPrior, PriorInfo
 from .errors import PriorError
 
 Autoencoder = VQModel | AutoencoderKL
+# The autoencoder classes a model folder may name in its config's ``_class_name``.
+AUTOENCODER_CLASSES: dict[str, type[Autoencoder]] = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
+
+
+def latent_channels(autoencoder: Autoencoder) -> int:
+    """Channels of the latents the UNet works on: a ``VQModel``'s codebook vectors may be
+    narrower or wider than its encoder's output (``vq_embed_dim``)."""
+    config = autoencoder.config
+    if isinstance(autoencoder, VQModel):
+        return config.vq_embed_dim or config.latent_channels
+    return config.latent_channels
+
+
+def downsample_factor(network: Autoencoder | UNet2DModel) -> int:
+    """How much an autoencoder's encoder (or a UNet's down path) shrinks an image: each
+    block but the last halves it."""
+    return 2 ** (len(network.config.block_out_channels) - 1)
+
+
+def unscaled_latents(autoencoder: Autoencoder, x: torch.Tensor) -> torch.Tensor:
+    """The deterministic latents of images ``x`` in [-1, 1], before any latent scale: a
+    ``VQModel``'s before quantisation (as diffusers' LDM pipeline), an ``AutoencoderKL``'s
+    posterior mean."""
+    if isinstance(autoencoder, VQModel):
+        return autoencoder.encode(x).latents
+    return autoencoder.encode(x).latent_dist.mean
 
 
 def default_latent_scale(autoencoder_config: Mapping[str, Any]) -> float:
@@ -48,14 +74,11 @@ class DiffusersPrior(LatentPrior):
         dtype: torch.dtype = torch.float32,
     ):
         ae_config = autoencoder.config
-        if isinstance(autoencoder, VQModel):
-            latent_channels = ae_config.vq_embed_dim or ae_config.latent_channels
-        else:
-            latent_channels = ae_config.latent_channels
-        if unet.config.in_channels != latent_channels or unet.config.out_channels != latent_channels:
+        channels = latent_channels(autoencoder)
+        if unet.config.in_channels != channels or unet.config.out_channels != channels:
             raise PriorError(
                 f"model {info.name!r}: the UNet maps {unet.config.in_channels} to {unet.config.out_channels} "
-                f"channels but the autoencoder's latent has {latent_channels}"
+                f"channels but the autoencoder's latent has {channels}"
             )
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise PriorError(
@@ -68,11 +91,11 @@ class DiffusersPrior(LatentPrior):
         self.unet = _frozen(unet, self.device, dtype)
         self.autoencoder = _frozen(autoencoder, self.device, dtype)
         self.image_channels = ae_config.in_channels
-        self.latent_channels = latent_channels
-        self.downsample_factor = 2 ** (len(ae_config.block_out_channels) - 1)
+        self.latent_channels = channels
+        self.downsample_factor = downsample_factor(autoencoder)
         self.latent_scale = float(latent_scale)
         # Each UNet level but the last halves the latent, so it must divide evenly.
-        self._unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        self._unet_factor = downsample_factor(unet)
         self._abar = scheduler.alphas_cumprod.to(self.device, torch.float64)
 
     @property
@@ -80,11 +103,7 @@ class DiffusersPrior(LatentPrior):
         return self.downsample_factor * self._unet_factor
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(self.device, self.dtype)
-        if isinstance(self.autoencoder, VQModel):
-            z = self.autoencoder.encode(h).latents  # before quantisation, as diffusers' LDM pipeline
-        else:
-            z = self.autoencoder.encode(h).latent_dist.mean  # deterministic: the posterior mean
+        z = unscaled_latents(self.autoencoder, x.to(self.device, self.dtype))
         return (z * self.latent_scale).to(x.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

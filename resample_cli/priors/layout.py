@@ -24,7 +24,7 @@ EXPECTED = (
 
 
 @dataclass(frozen=True)
-class Layout:
+class ModelLayout:
     """The folders of one model, each checked to hold its config and (for networks) weights."""
 
     unet: Path
@@ -42,7 +42,7 @@ def weights_file(folder: Path) -> Path | None:
 
 def find_layout(
     root: Path, name: str, *, unet: str = "unet", autoencoder: str | None = None, scheduler: str = "scheduler"
-) -> Layout:
+) -> ModelLayout:
     """Check ``root`` holds a whole model; a one-line ``PriorError`` naming what is missing if not."""
     if autoencoder is None:
         found = [sub for sub in AUTOENCODER_FOLDERS if (root / sub / CONFIG).is_file()]
@@ -56,7 +56,7 @@ def find_layout(
             raise _missing(name, root, f"{sub}/{SAFETENSORS} (or .bin)")
     if not (root / scheduler / SCHEDULER_CONFIG).is_file():
         raise _missing(name, root, f"{scheduler}/{SCHEDULER_CONFIG}")
-    return Layout(root / unet, root / autoencoder, root / scheduler)
+    return ModelLayout(root / unet, root / autoencoder, root / scheduler)
 
 
 def _missing(name: str, root: Path, what: str) -> PriorError:

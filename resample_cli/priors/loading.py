@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.utils import (
@@ -34,8 +34,9 @@ from huggingface_hub.utils import (
 )
 from huggingface_hub.utils import logging as hub_logging
 
+from ..messages import first_line
 from .base import PriorInfo
-from .diffusers_prior import DiffusersPrior, default_latent_scale
+from .diffusers_prior import AUTOENCODER_CLASSES, DiffusersPrior, default_latent_scale
 from .errors import PriorError
 from .layout import AUTOENCODER_FOLDERS, BIN, CONFIG, SAFETENSORS, SCHEDULER_CONFIG, find_layout, weights_file
 from .registry import RegistryEntry, load_registry
@@ -44,7 +45,6 @@ __all__ = ["PriorError", "fetch_prior", "load_prior", "prior_cache_path"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_AUTOENCODERS = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dty
             "only unconditional UNet2DModel networks are supported"
         )
     default_class = "VQModel" if layout.autoencoder.name == "vqvae" else "AutoencoderKL"
-    ae_class = _AUTOENCODERS.get(ae_config.get("_class_name", default_class))
+    ae_class = AUTOENCODER_CLASSES.get(ae_config.get("_class_name", default_class))
     if ae_class is None:
         raise PriorError(
             f"model {source.name!r}: {layout.autoencoder.name}/ holds a {ae_config['_class_name']}; "
@@ -349,13 +349,13 @@ def _network(cls: type, folder: Path, name: str) -> Any:
             )
     except (TypeError, ValueError) as err:
         raise PriorError(
-            f"model {name!r}: {folder / CONFIG} is not a valid {cls.__name__} config ({_first_line(err)})"
+            f"model {name!r}: {folder / CONFIG} is not a valid {cls.__name__} config ({first_line(err, sentence=True)})"
         ) from err
     except (OSError, RuntimeError) as err:
         cause = err.__cause__ or err
         raise PriorError(
             f"model {name!r}: weight file {weights} is corrupt, truncated or not a plain tensor file "
-            f"({type(cause).__name__}: {_first_line(cause)})"
+            f"({type(cause).__name__}: {first_line(cause, sentence=True)})"
         ) from err
     problems = []
     for kind in ("missing", "unexpected"):
@@ -381,12 +381,6 @@ def _scheduler(path: Path, name: str) -> DDIMScheduler:
         return DDIMScheduler.from_config({k: v for k, v in config.items() if k in accepted})
     except (TypeError, ValueError, NotImplementedError) as err:
         raise PriorError(f"model {name!r}: {path} is not a usable scheduler config ({err})") from err
-
-
-def _first_line(err: BaseException) -> str:
-    # The first sentence only: torch's further advice (retry with weights_only=False) is not ours to give.
-    text = str(err).strip()
-    return re.split(r"\.\s|\n", text, maxsplit=1)[0] if text else type(err).__name__
 
 
 def _read_json(path: Path, name: str) -> dict[str, Any]:

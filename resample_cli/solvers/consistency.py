@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..operators.base import LinearOperator, Operator
-from .krylov import discrepancy_tikhonov
+from .krylov import tikhonov_by_discrepancy
 from .trace import CountingPrior
 
 
@@ -36,6 +36,8 @@ class Fit:
     value: torch.Tensor  # the fitted latents or images
     rms: torch.Tensor  # (N,) RMS residual at the last evaluated iterate
     iterations: torch.Tensor  # (N,) gradient steps taken
+    # (N,) the regularisation weight of a regularised solve; inf where the start was kept
+    lam: torch.Tensor | None = None
 
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -126,13 +128,14 @@ def fit_pixels_discrepancy(
 ) -> Fit:
     """Regularised least squares x = argmin ||y - A x||^2 + lam ||x - x_init||^2 with
     lam chosen per image by the discrepancy principle: the largest lam (closest to
-    x_init) whose residual RMS is at most ``target_rms``.
+    x_init) whose residual RMS is at most ``target_rms``. The Fit's ``lam`` holds it
+    (inf for images that kept x_init).
 
     The residual grows with lam, so lam is found by bisection in log space; images
     already within the target keep x_init. An image that no lam in ``lam_range``
     brings within the target gets the smallest lam.
     Operators without a ``fast_solve`` get every lam from one Krylov basis instead of a
-    conjugate-gradient solve per bisection step (``krylov.discrepancy_tikhonov``).
+    conjugate-gradient solve per bisection step (``krylov.tikhonov_by_discrepancy``).
     """
     n = y.shape[0]
 
@@ -142,8 +145,8 @@ def fit_pixels_discrepancy(
     initial_rms = rms(x_init)
     within = initial_rms <= target_rms
     if not getattr(operator, "fast_solve", False):
-        best, best_rms = discrepancy_tikhonov(operator, y, x_init, target_rms, lam_range=lam_range)
-        return _keep_within(within, x_init, initial_rms, best, best_rms)
+        fit = tikhonov_by_discrepancy(operator, y, x_init, target_rms, lam_range=lam_range)
+        return _keep_within(within, x_init, initial_rms, fit.x, fit.rms, fit.lam)
     lo = torch.full((n,), float(lam_range[0]), device=y.device).log()
     hi = torch.full((n,), float(lam_range[1]), device=y.device).log()
     best = operator.solve(y, x_init, lo.exp())
@@ -157,14 +160,16 @@ def fit_pixels_discrepancy(
         hi = torch.where(ok, hi, mid)
         best = torch.where(_per_image(ok, x), x, best)
         best_rms = torch.where(ok, r, best_rms)
-    return _keep_within(within, x_init, initial_rms, best, best_rms)
+    # best is the solve at lo: the last weight that met the target, or the smallest.
+    return _keep_within(within, x_init, initial_rms, best, best_rms, lo.exp())
 
 
-def _keep_within(within, x_init, initial_rms, best, best_rms) -> Fit:
-    """Images already within the target keep ``x_init``."""
+def _keep_within(within, x_init, initial_rms, best, best_rms, lam) -> Fit:
+    """Images already within the target keep ``x_init`` (lam = inf)."""
     best = torch.where(_per_image(within, x_init), x_init, best)
     best_rms = torch.where(within, initial_rms, best_rms)
-    return Fit(best, best_rms, torch.zeros(len(best), dtype=torch.long, device=best.device))
+    lam = torch.where(within, torch.full_like(lam, float("inf")), lam)
+    return Fit(best, best_rms, torch.zeros(len(best), dtype=torch.long, device=best.device), lam)
 
 
 def _per_image(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ bisection step (about 13 of them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..operators.base import LinearOperator
@@ -20,7 +22,22 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+@dataclass
+class TikhonovFit:
+    x: torch.Tensor  # the solutions
+    rms: torch.Tensor  # (N,) their residual RMS
+    lam: torch.Tensor  # (N,) the weight picked per image
+
+
 def discrepancy_tikhonov(
+    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, target_rms: float, **options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, rms) of ``tikhonov_by_discrepancy``."""
+    fit = tikhonov_by_discrepancy(operator, y, x0, target_rms, **options)
+    return fit.x, fit.rms
+
+
+def tikhonov_by_discrepancy(
     operator: LinearOperator,
     y: torch.Tensor,
     x0: torch.Tensor,
@@ -30,14 +47,14 @@ def discrepancy_tikhonov(
     bisections: int = 30,
     tol: float = 1e-6,
     max_iter: int = 200,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> TikhonovFit:
     """Per image, the Tikhonov solution around ``x0`` with the largest lam in
     ``lam_range`` whose residual RMS ||y - A x|| / sqrt(numel of y) is at most
-    ``target_rms`` (the smallest lam if none is), and that residual RMS.
+    ``target_rms`` (the smallest lam if none is), that residual RMS and that lam.
 
     Lanczos (with full reorthogonalisation) runs until the normal-equation residual of
     the chosen lam is below ``tol`` relative to ||b||, as conjugate gradients would be
-    stopped, or for ``max_iter`` operator round trips. Returns (x, rms).
+    stopped, or for ``max_iter`` operator round trips.
     """
     n = y.shape[0]
     m = y[0].numel()
@@ -57,7 +74,9 @@ def discrepancy_tikhonov(
             w = w - _dot(u, w).view(-1, *[1] * (w.ndim - 1)) * u
         beta = _dot(w, w).sqrt()
         betas.append(beta)
-        coeffs = _bisect(alphas, betas[:-1], beta0, r0, images, target_rms, m, log_lo, log_hi, bisections)
+        coeffs, log_lam = _bisect(
+            alphas, betas[:-1], beta0, r0, images, target_rms, m, log_lo, log_hi, bisections
+        )
         converged = (beta.double() * coeffs[:, -1].abs() <= tol * beta0.double()) | (beta <= 1e-12 * scale)
         if bool(converged.all()) or len(basis) >= max_iter:
             break
@@ -69,11 +88,12 @@ def discrepancy_tikhonov(
     shape = (n, coeffs.shape[1], *[1] * (x0.ndim - 1))
     x = x0 + (coeffs.to(x0.dtype).view(shape) * stacked).sum(1)
     rms = _residual(coeffs, r0, images, m)
-    return x, rms.to(y.dtype)
+    return TikhonovFit(x, rms.to(y.dtype), log_lam.exp().to(y.dtype))
 
 
 def _bisect(alphas, betas, beta0, r0, images, target_rms, m, log_lo, log_hi, bisections):
-    """Coefficients in the current basis for the lam picked per image by bisection on log lam."""
+    """Coefficients in the current basis for the lam picked per image by bisection on
+    log lam, and that log lam."""
     t = torch.diag_embed(torch.stack(alphas, 1).double())
     if betas:
         off = torch.stack(betas, 1).double()
@@ -92,7 +112,7 @@ def _bisect(alphas, betas, beta0, r0, images, target_rms, m, log_lo, log_hi, bis
         ok = _residual(solve(mid), r0, images, m) <= target_rms
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     # lo meets the target when any lam in range does; otherwise it is the smallest lam.
-    return solve(lo)
+    return solve(lo), lo
 
 
 def _residual(coeffs: torch.Tensor, r0: torch.Tensor, images: list[torch.Tensor], m: int) -> torch.Tensor:

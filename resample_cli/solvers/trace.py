@@ -32,7 +32,9 @@ class Trace:
     batch of N costs N times what one image costs, and early-stopped images stop
     counting. ``residual_per_dc_step`` holds, for each data-consistency step, the
     RMS residual ||y - A(x)|| / sqrt(m) of each image's data-consistent estimate
-    (None for images that were not part of that step).
+    (None for images that were not part of that step). ``final_pixel_lam`` holds the
+    weight of each image's final pixel solve (None where the decoded image already fit);
+    it stays empty when no final pixel solve ran.
     """
 
     counts: Counter = field(default_factory=lambda: Counter({k: 0 for k in COUNTERS}))
@@ -40,6 +42,7 @@ class Trace:
     residual_per_dc_step: list[list[float | None]] = field(default_factory=list)
     dc_iterations: list[list[int]] = field(default_factory=list)
     final_residual: list[float] = field(default_factory=list)
+    final_pixel_lam: list[float | None] = field(default_factory=list)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -59,6 +62,7 @@ class Trace:
             "residual_per_dc_step": self.residual_per_dc_step,
             "dc_iterations": self.dc_iterations,
             "final_residual": self.final_residual,
+            "final_pixel_lam": self.final_pixel_lam,
         }
 
 

@@ -13,7 +13,8 @@ from .data import (
     power_law_cdf,
     sample_power_law,
 )
-from .train import TrainResult, make_source, train_prior
+from .results import TrainResult
+from .train import make_source, train_prior
 
 __all__ = [
     "DeadLeaves",

@@ -5,25 +5,19 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import diffusers
 import torch
 
+from ..messages import format_duration
+from ..priors.diffusers_prior import downsample_factor, latent_channels
 from .config import BETA_END, BETA_SCHEDULE, BETA_START, TrainConfig
-
-if TYPE_CHECKING:
-    from .train import TrainResult
+from .results import TrainResult
 
 
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _rate(steps: int, seconds: float) -> str:
@@ -45,7 +39,7 @@ def model_card(
     ae_kind = type(autoencoder).__name__
     ae_folder = "vqvae" if ae_kind == "VQModel" else "vae"
     ae_cfg, unet_cfg = autoencoder.config, unet.config
-    factor = 2 ** (len(ae_cfg.block_out_channels) - 1)
+    factor = downsample_factor(autoencoder)
     latent = result.latent_scale
     losses = result.final_losses
     schedule = (
@@ -84,7 +78,7 @@ def model_card(
         "|---|---|---|---|",
         f"| autoencoder | `{ae_folder}/` | {ae_kind}, widths {list(ae_cfg.block_out_channels)}, "
         f"{ae_cfg.layers_per_block} layer(s) per block, downsampling factor {factor}, latent "
-        f"{ae_cfg.latent_channels} x {config.resolution // factor} x {config.resolution // factor} "
+        f"{latent_channels(autoencoder)} x {config.resolution // factor} x {config.resolution // factor} "
         f"at {config.resolution} x {config.resolution}, scaling_factor {latent:.6g} | {_count(autoencoder):,} |",
         f"| denoiser | `unet/` | UNet2DModel ({weights}), widths "
         f"{list(unet_cfg.block_out_channels)}, blocks {list(unet_cfg.down_block_types)}, "
@@ -115,9 +109,9 @@ def model_card(
         f"| latent pool | {config.latent_pool or 'none (every batch encoded afresh)'} |",
         f"| device | {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, {platform.machine()} |",
-        f"| wall time | {_duration(result.wall_time_s)} in all; optimiser steps: autoencoder "
-        f"{_duration(stage_s.get('autoencoder', 0.0))}{_rate(result.ae_steps, stage_s.get('autoencoder', 0.0))}, "
-        f"UNet {_duration(stage_s.get('unet', 0.0))}{_rate(result.unet_steps, stage_s.get('unet', 0.0))} |",
+        f"| wall time | {format_duration(result.wall_time_s)} in all; optimiser steps: autoencoder "
+        f"{format_duration(stage_s.get('autoencoder', 0.0))}{_rate(result.ae_steps, stage_s.get('autoencoder', 0.0))}, "
+        f"UNet {format_duration(stage_s.get('unet', 0.0))}{_rate(result.unet_steps, stage_s.get('unet', 0.0))} |",
         "",
         "## Results",
         "",

@@ -9,14 +9,14 @@ A checkpoint folder holds
 - ``state.json``: the step counts, latent scale, timings, loss history, the run's settings
   and the networks' and scheduler's configs (enough to rebuild them without the base prior).
 
-It is written in a hidden temporary folder and renamed into place, so a folder named
-``step-*`` is always complete: an interrupted save leaves the previous checkpoint intact.
+It is written in a hidden temporary folder and renamed into place (``io.atomic.replace_folder``),
+so a folder named ``step-*`` is always complete: an interrupted save leaves the previous
+checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io.atomic import replace_folder
 from .config import TrainingError
-from .models import make_temp_folder
+from .models import plain_config
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8,})$")
@@ -89,10 +90,11 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def remove_partial(root: Path) -> None:
-    """Remove temporary folders an interrupted save left behind."""
+    """Remove the hidden folders an interrupted save left behind (``replace_folder``'s new
+    ``.*.tmp`` and replaced ``.*.old`` ones)."""
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
+            if path.name.startswith(".") and path.name.endswith((".tmp", ".old")):
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -117,18 +119,18 @@ def save_checkpoint(
     """Write the checkpoint of ``state.step`` and drop all but the ``keep`` newest."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(state.step)
-    tmp = make_temp_folder(final)
-    try:
-        save_file(_tensors(autoencoder), tmp / "autoencoder.safetensors")
-        save_file(_tensors(unet), tmp / "unet.safetensors")
-        save_file(_tensors(unet_ema), tmp / "unet_ema.safetensors")
+
+    def write(folder: Path) -> None:
+        save_file(_tensors(autoencoder), folder / "autoencoder.safetensors")
+        save_file(_tensors(unet), folder / "unet.safetensors")
+        save_file(_tensors(unet_ema), folder / "unet_ema.safetensors")
         torch.save(
             {
                 "stage": optimizer_stage,
                 "optimizer": optimizer.state_dict() if optimizer is not None else {},
                 "rng": {k: v.to("cpu") for k, v in rng.items()},
             },
-            tmp / "optimizer.pt",
+            folder / "optimizer.pt",
         )
         body = {
             "version": VERSION,
@@ -140,18 +142,14 @@ def save_checkpoint(
             "stage_s": state.stage_s,
             "config": config,
             "autoencoder_class": type(autoencoder).__name__,
-            "autoencoder_config": json.loads(json.dumps(dict(autoencoder.config), default=list)),
-            "unet_config": json.loads(json.dumps(dict(unet.config), default=list)),
+            "autoencoder_config": plain_config(autoencoder),
+            "unet_config": plain_config(unet),
             "scheduler_config": scheduler_config,
             "history": state.history,
         }
-        (tmp / "state.json").write_text(json.dumps(body), encoding="utf-8")
-        if final.exists():  # the same step saved again (a resumed run that had finished)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (folder / "state.json").write_text(json.dumps(body), encoding="utf-8")
+
+    replace_folder(final, write)  # the same step may be saved again (a resumed run that had finished)
     for _, old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

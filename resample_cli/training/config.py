@@ -6,12 +6,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
+from ..train_settings import AutoencoderPart, TrainSettings
 from .data import SYNTHETIC_KINDS
 
-AutoencoderKind = Literal["kl", "vq"]
-AutoencoderPart = Literal["all", "decoder"]  # what autoencoder fine-tuning trains
 AE_TRAIN_PARTS = get_args(AutoencoderPart)
 
 # The noise schedule of new priors: the one of CompVis/ldm-celebahq-256 (the paper's prior):
@@ -29,8 +28,10 @@ class TrainingError(Exception):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TrainSettings):
     """Everything a training run depends on. Sizes in pixels, steps in optimiser steps.
+    The fields, with their defaults and the options of ``resample train-prior``, are
+    declared once, in ``resample_cli.train_settings`` (torch-free, which this package is not).
 
     Data: exactly one of ``data`` (a folder, see ``FolderSource``) and ``synthetic``
     (``"ellipses"`` or ``"dead-leaves"``). ``channels`` None: 1 for ellipses, 3 for dead
@@ -61,46 +62,6 @@ class TrainConfig:
     rate ``lr`` (``unet_lr`` for the UNet if set) warmed up linearly over ``warmup_steps``
     then cosine-decayed to ``lr * min_lr_ratio`` at the end of each stage.
     """
-
-    output: Path
-    data: Path | None = None
-    synthetic: str | None = None
-    resolution: int = 128
-    channels: int | None = None
-    # (a) autoencoder
-    autoencoder: AutoencoderKind = "kl"
-    ae_channels: tuple[int, ...] = (32, 64, 64)
-    ae_layers_per_block: int = 1
-    ae_attention: bool = False
-    latent_channels: int = 3
-    kl_weight: float = 1e-6
-    vq_codebook_size: int = 1024
-    ae_train: AutoencoderPart = "all"
-    # (b) UNet
-    unet_channels: tuple[int, ...] = (64, 128, 128)
-    unet_layers_per_block: int = 1
-    unet_attention_levels: int = 1
-    attention_head_dim: int = 32
-    # schedule
-    ae_steps: int = 2000
-    unet_steps: int = 10000
-    batch_size: int = 16
-    unet_batch_size: int | None = None
-    lr: float = 5e-4
-    unet_lr: float | None = None
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    latent_pool: int = 0
-    seed: int = 0
-    # outputs
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    sample_steps: int = 50
-    sample_grid: int = 4
-    base: str | None = None
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", Path(self.output))

@@ -248,20 +248,12 @@ def _rasterise(
 
 
 def dead_leaves(
-    n: int,
-    size: int,
-    channels: int,
-    generator: torch.Generator,
-    *,
-    r_min: float = 1.0,
-    r_max: float | None = None,
-    max_disks: int = 50_000,
+    n: int, size: int, channels: int, generator: torch.Generator, **options: float | None
 ) -> torch.Tensor:
     """``n`` dead-leaves images (n, channels, size, size) float32 in [0, 1]; see
-    ``dead_leaves_with_disks`` for the model and the drawn disks."""
-    return dead_leaves_with_disks(
-        n, size, channels, generator, r_min=r_min, r_max=r_max, max_disks=max_disks
-    ).images
+    ``dead_leaves_with_disks`` for the model, its ``options`` (``r_min``, ``r_max``,
+    ``max_disks``) and the drawn disks."""
+    return dead_leaves_with_disks(n, size, channels, generator, **options).images
 
 
 # --- sources --------------------------------------------------------------------------------

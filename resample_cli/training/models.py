@@ -4,20 +4,16 @@ result in the diffusers layout that ``resample_cli.priors.load_prior`` reads."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 
+from ..io.atomic import replace_folder
 from ..priors import load_prior
+from ..priors.diffusers_prior import AUTOENCODER_CLASSES, Autoencoder
 from .config import BETA_END, BETA_SCHEDULE, BETA_START, TRAIN_TIMESTEPS, TrainConfig, TrainingError
-
-Autoencoder = AutoencoderKL | VQModel
-AUTOENCODER_CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
 
 
 def norm_groups(widths: tuple[int, ...] | list[int]) -> int:
@@ -78,13 +74,6 @@ def new_scheduler() -> DDIMScheduler:
     )
 
 
-def latent_channels(autoencoder: Autoencoder) -> int:
-    cfg = autoencoder.config
-    if isinstance(autoencoder, VQModel):
-        return cfg.vq_embed_dim or cfg.latent_channels
-    return cfg.latent_channels
-
-
 def from_base(spec: str) -> tuple[Autoencoder, UNet2DModel, DDIMScheduler, float]:
     """A base prior's networks made trainable again, its scheduler and latent scale."""
     prior = load_prior(spec)
@@ -104,10 +93,6 @@ def autoencoder_from_config(class_name: str, config: dict[str, Any]) -> Autoenco
     return AUTOENCODER_CLASSES[class_name].from_config(config)
 
 
-def parameter_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
 def save_diffusers_layout(
     folder: Path, autoencoder: Autoencoder, unet: UNet2DModel, scheduler: DDIMScheduler, latent_scale: float
 ) -> None:
@@ -124,32 +109,3 @@ def save_diffusers_layout(
         ("scheduler", lambda p: scheduler.save_pretrained(p)),
     ):
         replace_folder(folder / name, save)
-
-
-def make_temp_folder(target: Path) -> Path:
-    """A fresh hidden folder beside ``target``, with the permissions a plain ``mkdir`` would
-    give (``mkdtemp`` makes it private, which a shipped or shared model should not be)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
-def replace_folder(target: Path, write) -> None:
-    """Call ``write(tmp)`` on a fresh temporary folder beside ``target``, then put it in
-    ``target``'s place (removing an older ``target``)."""
-    tmp = make_temp_folder(target)
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -26,15 +26,17 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 
+from ..devices import DeviceUnavailableError, resolve_device
 from ..io.atomic import write_text_atomic
 from ..io.images import write_image
+from ..metrics import psnr
+from ..priors.diffusers_prior import downsample_factor, latent_channels, unscaled_latents
 from . import card
 from .checkpoints import (
     CHECKPOINTS,
@@ -50,13 +52,13 @@ from .data import FolderSource, ImageSource, SyntheticSource
 from .models import (
     autoencoder_from_config,
     from_base,
-    latent_channels,
     new_autoencoder,
     new_scheduler,
     new_unet,
     plain_config,
     save_diffusers_layout,
 )
+from .results import TrainResult
 
 Callback = Callable[[TrainProgress], None]
 STAGES = ("autoencoder", "unet")
@@ -68,23 +70,6 @@ FINAL_WINDOW = 100  # final losses are means over this many last steps of a stag
 _SCALE_SEED, _POOL_SEED, _SAMPLE_SEED, _HOLDOUT_SEED = 101, 102, 103, 104
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What a finished run produced. Losses are means over the last steps of each stage."""
-
-    output: Path
-    steps: int
-    ae_steps: int
-    unet_steps: int
-    latent_scale: float
-    final_losses: dict[str, float]
-    ae_psnr: float  # autoencoder reconstruction PSNR (dB) of held-out images, [0, 1] units
-    wall_time_s: float
-    sample_grid: Path
-    model_card: Path
-    weights_bytes: int  # the saved safetensors files together
-
-
 def make_source(config: TrainConfig, channels: int | None = None) -> ImageSource:
     """The data source ``config`` names, with ``channels`` (or the config's, or the data's default)."""
     channels = channels or config.channels
@@ -92,15 +77,6 @@ def make_source(config: TrainConfig, channels: int | None = None) -> ImageSource
         default = 1 if config.synthetic == "ellipses" else 3
         return SyntheticSource(config.synthetic, config.resolution, channels or default)
     return FolderSource(config.data, config.resolution, channels)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device cuda was asked for but torch sees no CUDA GPU")
-    return device
 
 
 def train_prior(
@@ -135,17 +111,14 @@ def train_prior(
     return run.train()
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean PSNR (dB) over the batch of images in [0, 1]."""
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((-10 * torch.log10(mse)).mean())
-
-
 class _Run:
     def __init__(self, config: TrainConfig, ckpt: Checkpoint | None, callback: Callback | None, command):
         self.callback = callback or (lambda progress: None)
         self.command = command
-        self.device = resolve_device(config.device)
+        try:
+            self.device = resolve_device(config.device)
+        except DeviceUnavailableError as err:
+            raise TrainingError(str(err)) from None
         base = None
         if ckpt is not None:
             _check_compatible(ckpt, config)
@@ -157,9 +130,7 @@ class _Run:
                 raise TrainingError(
                     f"the base prior has {channels}-channel images; channels {config.channels} cannot be trained"
                 )
-            multiple = 2 ** (len(base[0].config.block_out_channels) - 1) * 2 ** (
-                len(base[1].config.block_out_channels) - 1
-            )
+            multiple = downsample_factor(base[0]) * downsample_factor(base[1])
             if config.resolution % multiple:
                 raise TrainingError(
                     f"resolution {config.resolution} must be a multiple of {multiple} for this base"
@@ -300,9 +271,7 @@ class _Run:
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Unscaled latents as ``LatentPrior.encode`` makes them (KL mean; VQ before quantising)."""
         self.ae.eval()
-        if isinstance(self.ae, VQModel):
-            return self.ae.encode(x).latents
-        return self.ae.encode(x).latent_dist.mean
+        return unscaled_latents(self.ae, x)
 
     def _encode_many(self, n: int, generator: torch.Generator) -> torch.Tensor:
         chunk = max(self.config.unet_batch, 32)
@@ -458,7 +427,7 @@ class _Run:
         """``n`` images in [0, 1] from the EMA UNet: DDIM with ``sample_steps`` steps, eta 0."""
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(self.config.sample_steps)
-        size = self.config.resolution // 2 ** (len(self.ae.config.block_out_channels) - 1)
+        size = self.config.resolution // downsample_factor(self.ae)
         z = torch.randn((n, latent_channels(self.ae), size, size), generator=generator).to(self.device)
         for t in scheduler.timesteps:
             eps = self.ema(z, t.to(self.device)).sample
@@ -485,7 +454,7 @@ class _Run:
         x = self._images(HOLDOUT_IMAGES, torch.Generator().manual_seed(self.config.seed + _HOLDOUT_SEED))
         with torch.no_grad():
             recon = self.ae.decode(self._encode(x)).sample.clamp(-1, 1)
-        return psnr((recon + 1) / 2, (x + 1) / 2)
+        return psnr((recon + 1) / 2, (x + 1) / 2, per_image=True)
 
     def _finish(self) -> TrainResult:
         config, state, out = self.config, self.state, self.config.output
