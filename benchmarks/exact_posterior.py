@@ -3,7 +3,7 @@
 The prior is a Gaussian mixture on a 16-dimensional latent (1 x 4 x 4) with its exact
 noise prediction, and the decoder a fixed linear map D (a random well-conditioned matrix,
 or the identity), so that the image x = (D z + 1) / 2 is linear in z and y = A x + n
-has a Gaussian-mixture posterior (DESIGN.md, "The exact-posterior benchmark, in
+has a Gaussian-mixture posterior (docs/design.md, "The exact-posterior benchmark, in
 formulas"). For masking, blur-like and CT-like A on the 4 x 4 image, and each noise
 level, every solver draws --samples restorations of one measurement in one batch, which
 are compared in image space with exact posterior draws:

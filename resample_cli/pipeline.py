@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .operators.base import Operator
-from .operators.compose import ChannelMean, Cropped
+from .operators.compose import ChannelMean, Cropped, padded_canvas
 from .priors.base import LatentPrior
 from .report import REPORT_VERSION, residual_summary
 from .solvers.latent_dps import LatentDPSConfig
@@ -73,9 +73,7 @@ def restore(
     ``ReSampleConfig`` for the default ``resample``, or the chosen baseline's config)."""
     channels, height, width = image_shape
     op = _fit_channels(operator, channels, prior)
-    multiple = prior.size_multiple
-    ph, pw = height + (-height % multiple), width + (-width % multiple)
-    box = ((ph - height) // 2, (pw - width) // 2, height, width)
+    (ph, pw), box = padded_canvas(height, width, prior.size_multiple)
     if (ph, pw) != (height, width):
         op = Cropped(op, box, (ph, pw))
     y = y.to(prior.device, torch.float32)
@@ -213,7 +211,7 @@ def report(
     dtype: str,
     metrics: dict | None = None,
 ) -> dict:
-    """The report's fixed keys (DESIGN.md) less ``input`` and ``output``, which the
+    """The report's fixed keys (docs/design.md) less ``input`` and ``output``, which the
     caller who names the files adds."""
     info = prior.info
     out = {

@@ -26,7 +26,7 @@ from resample_cli.solvers.resample import ReSampleConfig, dc_schedule
 
 STEPS = 3  # DDIM steps of every restoring run: about a second each on a CPU
 
-# The report's fixed keys (DESIGN.md, "Measurement-residual report").
+# The report's fixed keys (docs/design.md, "Measurement-residual report").
 REPORT_KEYS = {
     "version",
     "resample_version",
@@ -223,7 +223,7 @@ def check_report(
     samples: int = 1,
     seed: int = 0,
 ) -> None:
-    """The fixed keys of DESIGN.md, with the values this run must have."""
+    """The fixed keys of docs/design.md, with the values this run must have."""
     assert REPORT_KEYS <= set(report), REPORT_KEYS - set(report)
     assert report["version"] == 1 and report["task"] == task
     assert report["resample_version"] == importlib.metadata.version("resample-cli")

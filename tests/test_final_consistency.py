@@ -4,6 +4,7 @@ its weight is the discrepancy principle's, and a poor fit is said out loud."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_rgb
 from scipy.optimize import brentq
 
 from resample_cli import pipeline
@@ -267,3 +269,18 @@ def test_the_paper_preset_is_the_authors_behaviour():
         "final_consistency": True,
         "final_pixel_consistency": False,
     }
+
+
+def test_the_command_line_warns_and_records_a_poor_fit(tmp_path, cli, model_args):
+    """The tiny random prior cannot represent a photo: the user sees one warning line naming
+    the input, and the JSON record and the report carry it."""
+    source = random_rgb(tmp_path / "photo.png")
+    r = cli(
+        "deblur", source, "--sigma", "1", "--kernel-size", "5", "-o", tmp_path / "out", "--json", *model_args
+    )
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(source) in warnings[0] and "--solvers classical" in warnings[0]
+    record = json.loads(r.stdout.splitlines()[-1])
+    report = json.loads((tmp_path / "out" / "photo.report.json").read_text())
+    assert record["fit"] == report["fit"] and report["fit"]["warning"] in warnings[0]
+    assert report["residual"]["decoded_ratio"] > pipeline.FIT_RATIO_THRESHOLD

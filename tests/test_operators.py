@@ -158,4 +158,5 @@ def test_solve_normal_equation_residual(name: str) -> None:
     x = op.solve(y, x0, lam)
     rhs = op.adjoint(y) + lam * x0
     residual = op.normal(x) + lam * x - rhs
-    assert residual.flatten(1).norm(dim=1).max() <= 1e-6 * rhs.flatten(1).norm(dim=1).min()
+    # Per image, as conjugate_gradient promises (||r|| <= tol * ||rhs|| for each batch element).
+    assert (residual.flatten(1).norm(dim=1) <= 1e-6 * rhs.flatten(1).norm(dim=1)).all()

@@ -36,7 +36,9 @@ class Output:
         self.err.print(Text(f"error: {message}", style="bold red"))
 
     def warn(self, message: str) -> None:
-        self.err.print(Text(f"warning: {message}", style="yellow"))
+        # Under --quiet only errors: a run's warnings stay in its report and JSON record.
+        if not self.quiet:
+            self.err.print(Text(f"warning: {message}", style="yellow"))
 
     def summary(self, failures: list[str]) -> int:
         """Name every failed input at the end of a batch; return the exit code."""

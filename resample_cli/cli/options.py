@@ -343,7 +343,7 @@ class CommonOptions:
     quiet: bool = declared(
         False,
         flags=("--quiet", "-q"),
-        help="No progress bars or log lines, only errors.",
+        help="No progress bars, log lines or warnings, only errors (warnings stay in the reports).",
         rich_help_panel=COMMON_PANEL,
     )
     json: bool = declared(

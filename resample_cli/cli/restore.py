@@ -33,6 +33,7 @@ from ..solvers.resample import ReSampleConfig, Stage, StepInfo, dc_schedule
 from .batch import Batch, PlannedInput
 from .console import Output, ScheduleEta, batch_remaining
 from .files import check_output_dir
+from .fit import warn_if_poor_fit
 from .options import BUNDLED_MODELS, DEFAULT_MODELS, Device, default_threads
 
 
@@ -103,10 +104,10 @@ class _Tally:
         self.written += 1
         res = report["residual"]
         out.log(f"{planned.source} -> {planned.output}  residual/sigma_y = {_fmt(res['ratio'])}")
+        warn_if_poor_fit(out, planned.source, report)
         paths = {"output": str(planned.output), "report": str(planned.outputs["report"])}
-        self._record(
-            out, planned, {"status": "written", **paths, "residual": res, "metrics": report.get("metrics")}
-        )
+        fields = {"residual": res, "fit": report["fit"], "metrics": report.get("metrics")}
+        self._record(out, planned, {"status": "written", **paths, **fields})
 
     def close_pending(self, out: Output, error: str) -> int:
         """A "failed" record with ``error`` for each input not reported yet; how many there were."""

@@ -144,7 +144,7 @@ def fit_pixels_discrepancy(
 
     initial_rms = rms(x_init)
     within = initial_rms <= target_rms
-    if not getattr(operator, "fast_solve", False):
+    if not operator.fast_solve:
         fit = tikhonov_by_discrepancy(operator, y, x_init, target_rms, lam_range=lam_range)
         return _keep_within(within, x_init, initial_rms, fit.x, fit.rms, fit.lam)
     lo = torch.full((n,), float(lam_range[0]), device=y.device).log()

@@ -86,7 +86,7 @@ class ReSampleConfig:
 
 
 PRESETS: dict[str, ReSampleConfig] = {
-    # The authors' code, as DESIGN.md lists it.
+    # The authors' code, as docs/design.md ("Presets") lists it.
     "paper": ReSampleConfig(),
     # Few steps, closed-form/CG pixel solves, discrepancy stopping, no DPS gradient, and
     # the output pulled to the data by a final pixel solve (docs/BENCHMARKS.md: it won on
@@ -267,7 +267,6 @@ def _lookahead(net, z, timesteps, i, k, abar_after):
 
 
 def _pixel_fit(net, operator, y, x_init, config, sigma_y, stop) -> Fit:
-    # ``linear``, not the class: wrappers such as Cropped are linear only when their inner operator is.
     if config.pixel_solver == "operator" and operator.linear:
         return fit_pixels_discrepancy(operator, y, x_init.detach(), config.tau * sigma_y)
     return fit_pixels_adam(operator, y, x_init, iters=config.pixel_iters, lr=config.pixel_lr, stop=stop)

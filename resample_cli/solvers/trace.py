@@ -55,16 +55,6 @@ class Trace:
             _sync()
             self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
 
-    def to_dict(self) -> dict:
-        return {
-            "counts": dict(self.counts),
-            "timing": dict(self.timing),
-            "residual_per_dc_step": self.residual_per_dc_step,
-            "dc_iterations": self.dc_iterations,
-            "final_residual": self.final_residual,
-            "final_pixel_lam": self.final_pixel_lam,
-        }
-
 
 def _sync() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():

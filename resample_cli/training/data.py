@@ -1,6 +1,6 @@
 """Training images: two synthetic generators and a folder of images or DICOM slices.
 
-Every source returns float32 tensors (N, C, H, W) in [0, 1] (the image domain of DESIGN.md)
+Every source returns float32 tensors (N, C, H, W) in [0, 1] (the image domain of docs/design.md)
 drawn from a ``torch.Generator``, so a seed fixes the data stream.
 
 - ``ellipse_phantoms``: random ellipse phantoms, the standard synthetic training set of
