@@ -1,4 +1,4 @@
-"""The priors shipped in weights/ and the README's offline main command."""
+"""The priors shipped in the package (resample_cli/bundled/) and the README's offline main command."""
 
 from __future__ import annotations
 
