@@ -25,8 +25,6 @@ from conftest import (
 )
 from PIL import Image
 
-from resample_cli import pipeline
-
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 
 BLUR = ["--sigma", "1", "--kernel-size", "9"]
@@ -205,26 +203,6 @@ def test_a_failed_input_does_not_stop_the_batch_and_exits_1(tmp_path, cli, model
 
 
 # --- Ctrl-C -------------------------------------------------------------------------
-
-
-def test_ctrl_c_while_restoring_keeps_finished_inputs_only_and_exits_130(
-    tmp_path, cli, model_args, monkeypatch
-):
-    for name in ("a", "b", "c"):
-        random_rgb(tmp_path / "in" / f"{name}.png")
-    real_restore = pipeline.restore
-    calls = []
-
-    def interrupted_at_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_restore(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "restore", interrupted_at_the_second)
-    r = cli("deblur", tmp_path / "in", *BLUR, "-o", tmp_path / "out", *model_args, expect=130)
-    assert files_in(tmp_path / "out") == {"a.png", "a.report.json"}  # b interrupted, c never started
-    assert len(calls) == 2 and "interrupted" in r.stderr
 
 
 @pytest.mark.parametrize("where", ["image file", "report"])

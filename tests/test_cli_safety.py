@@ -351,3 +351,4 @@ def test_ctrl_c_prints_the_summary_so_far_and_a_record_for_each_input_left(
     records = [(Path(rec["input"]).name, rec["status"]) for rec in map(json.loads, r.stdout.splitlines())]
     assert records == [("a.png", "written"), ("b.png", "failed"), ("c.png", "failed")]
     assert files_in(out) == {"a.png", "a.report.json"}  # nothing of b, not even a temporary file
+    assert len(calls) == 2  # c never started

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import constants
 from safetensors import safe_open
 
 from resample_cli.priors import load_prior
@@ -58,17 +57,6 @@ TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}  # float32; old and new diffusers agree
 def expected() -> dict[str, torch.Tensor]:
     with np.load(EXPECTED) as data:
         return {key: torch.from_numpy(data[key]) for key in data.files}
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache, offline; huggingface_hub's constants are read at import."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def cache_like_the_hub(cache: Path, model: Path) -> Path:
@@ -138,9 +126,9 @@ def test_the_fixture_is_in_the_old_format():
 
 @pytest.mark.parametrize("form", FORMS)
 def test_registry_entry_loads_the_cached_hub_model_and_matches_the_old_release(
-    form, hf_cache, tmp_path, expected
+    form, offline, tmp_path, expected
 ):
-    snapshot = cache_like_the_hub(hf_cache, FORMS[form])
+    snapshot = cache_like_the_hub(offline, FORMS[form])
     prior = load_prior("celebahq", registry=celebahq_registry(tmp_path / "registry.toml"))
     assert (prior.info.name, prior.info.repo, prior.info.revision) == ("celebahq", REPO, COMMIT)
     assert Path(prior.info.path) == snapshot
@@ -148,8 +136,8 @@ def test_registry_entry_loads_the_cached_hub_model_and_matches_the_old_release(
     assert_reproduces_the_old_release(prior, expected)
 
 
-def test_the_old_scheduler_config_gives_the_scaled_linear_schedule(hf_cache, tmp_path, expected):
-    cache_like_the_hub(hf_cache, FORMS["bin"])
+def test_the_old_scheduler_config_gives_the_scaled_linear_schedule(offline, tmp_path, expected):
+    cache_like_the_hub(offline, FORMS["bin"])
     prior = load_prior("celebahq", registry=celebahq_registry(tmp_path / "registry.toml"))
     abar = prior.scheduler.alphas_cumprod
     assert abar.shape == (1000,)

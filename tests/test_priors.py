@@ -31,15 +31,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache, offline. huggingface_hub reads its environment once at
-    import, so its constants are patched too: snapshot_download reads them at call time."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
+def hf_cache(offline) -> Path:
+    """Every test here runs offline on an empty cache of its own (conftest's ``offline``)."""
+    return offline
 
 
 def cache_repo(cache: Path, repo: str = REPO, commit: str = COMMIT, **tiny) -> Path:

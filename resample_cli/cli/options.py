@@ -260,7 +260,7 @@ class CommonOptions:
     )
     preset: Preset = declared(
         Preset.fast,
-        help="Solver settings: 'paper' reproduces the authors' code (slow); 'fast' is this tool's cheaper schedule.",
+        help="Solver settings: 'paper' takes the authors' settings (slow; not yet a faithful reproduction, see README 'Presets'); 'fast' is this tool's cheaper schedule.",
         rich_help_panel=COMMON_PANEL,
     )
     steps: int | None = declared(

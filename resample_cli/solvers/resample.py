@@ -86,7 +86,7 @@ class ReSampleConfig:
 
 
 PRESETS: dict[str, ReSampleConfig] = {
-    # The authors' code, as docs/design.md ("Presets") lists it.
+    # The authors' settings, as docs/design.md ("Presets") lists them; not yet their behaviour (README).
     "paper": ReSampleConfig(),
     # Few steps, closed-form/CG pixel solves, discrepancy stopping, no DPS gradient, and
     # the output pulled to the data by a final pixel solve (docs/BENCHMARKS.md: it won on
