@@ -303,7 +303,7 @@ def residual_ratio(y: torch.Tensor, operator: Operator, x: torch.Tensor, sigma_y
         return None
     with torch.no_grad():
         fit = operator(x[None].to(y.device))
-    return float((y - fit).norm()) / (sigma_y * math.sqrt(operator.measurement_count(y)))
+    return float((y - fit).norm()) / (sigma_y * math.sqrt(float(operator.measurement_count(y)[0])))
 
 
 def run_bench(

@@ -76,8 +76,8 @@ def restore(
     (ph, pw), box = padded_canvas(height, width, prior.size_multiple)
     if (ph, pw) != (height, width):
         op = Cropped(op, box, (ph, pw))
-    y = y.to(prior.device, torch.float32)
     op = op.to(prior.device)
+    y = op.observed(y.to(prior.device, torch.float32))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     batch = batch_size or samples
     trace, xs, decoded, per_step = Trace(), [], [], []
@@ -101,7 +101,7 @@ def restore(
     x = _as_input(torch.cat(xs), box, channels)
     mean = x.mean(0)
     operator = operator.to(prior.device)
-    m = operator.measurement_count(y)
+    m = int(operator.measurement_count(y)[0])
     decoded_mean = (
         None if any(d is None for d in decoded) else _as_input(torch.cat(decoded), box, channels).mean(0)
     )

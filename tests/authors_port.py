@@ -2,10 +2,11 @@
 
 A helper for tests and ``benchmarks/paper_oracle.py``, not a test. It shares nothing with
 ``resample_cli/solvers/``: it uses only a prior's ``eps``/``encode``/``decode``/
-``alphas_cumprod``/``latent_shape`` (and, for the ``grid`` switch, ``timesteps``/
-``final_alpha_cumprod``) and an operator's forward. Each switch in ``PortConfig`` turns one quirk of the authors' code
-into what ``ReSampleConfig.preset("paper")`` does, so that a caller can measure what each
-difference is worth; ``PortConfig().ours()`` switches all of them.
+``alphas_cumprod``/``latent_shape`` (and, for the ``grid`` switch, a copy of its
+``scheduler``) and an operator's forward. Each switch in ``PortConfig`` turns one quirk of
+the authors' code into the alternative a ``ReSampleConfig`` field offers (``QUIRKS``), so
+that a caller can measure what each is worth; ``PortConfig().ours()`` switches all of them,
+which is what ``paper`` did before it was made faithful (CHANGELOG).
 
 Reference: github.com/soominkwon/resample at commit 3e332b2. Line numbers below are of
 ``ldm/models/diffusion/ddim.py`` (``ddim.py``) unless another file is named;
@@ -59,7 +60,7 @@ The loop, step by step (``DDIMSampler.resample_sampling``, ddim.py:189-334)
          1 / (1 / s2 + 1 / (1 - a_prev)) I). [``_Sampler.run``]
 10. After the loop, one more ``latent_optimization`` from the final z (329-332).
 
-The quirks (authors' behaviour -> ``PortConfig`` switch -> what ``paper`` does instead)
+The quirks (authors' behaviour -> ``PortConfig`` switch -> the alternative)
 --------------------------------------------------------------------------------------
 - ``units="pm1"``: every constant acts on [-1, 1] quantities (steps 4, 8a, 8b): the DPS norm
   is that of the [-1, 1] residual (twice the [0, 1] one), pixel AdamW moves [-1, 1] pixels
@@ -107,6 +108,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
+from diffusers import DDIMScheduler
 
 Draw = Callable[[tuple[int, ...]], torch.Tensor]
 
@@ -142,11 +144,12 @@ class PortConfig:
     batch_norms: bool = False
 
     def ours(self) -> PortConfig:
-        """Every quirk switched to what ``ReSampleConfig.preset("paper")`` does."""
+        """Every quirk switched to its alternative (the earlier ``paper``)."""
         return replace(self, **{k: v for change in QUIRKS.values() for k, v in change.items()})
 
 
-# One entry per quirk: the overrides that switch it from the authors' behaviour to ours.
+# One entry per quirk: the overrides that switch it from the authors' behaviour to the
+# alternative.
 QUIRKS: dict[str, dict] = {
     "units": {"units": "unit"},
     "dps_z0": {"dps_z0": "tweedie"},
@@ -244,8 +247,10 @@ class _Sampler:
             below = [0, *ascending[:-1]]  # abar[0] under the lowest timestep
             rows = [(t, float(abar[t]), float(abar[b])) for t, b in zip(ascending, below, strict=True)]
             return rows[::-1]
-        ts = self.prior.timesteps(self.cfg.steps)
-        nxt = [float(abar[t]) for t in ts[1:]] + [float(self.prior.final_alpha_cumprod)]
+        scheduler = DDIMScheduler.from_config(self.prior.scheduler.config)
+        scheduler.set_timesteps(self.cfg.steps)
+        ts = [int(t) for t in scheduler.timesteps]
+        nxt = [float(abar[t]) for t in ts[1:]] + [float(scheduler.final_alpha_cumprod)]
         return [(t, float(abar[t]), a) for t, a in zip(ts, nxt, strict=True)]
 
     # -- the loop ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from resample_cli.priors import (
     prior_cache_path,
 )
 from resample_cli.priors import loading as loading_module
+from resample_cli.solvers.schedule import scheduler_grid
 
 REPO = "tiny-owner/tiny-ldm"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -139,9 +140,11 @@ def test_eps_and_schedule_agree_with_diffusers(tmp_path):
 
     reference = DDIMScheduler.from_pretrained(folder / "scheduler")
     torch.testing.assert_close(prior.alphas_cumprod, reference.alphas_cumprod.double())
-    assert prior.final_alpha_cumprod == float(reference.final_alpha_cumprod)
     reference.set_timesteps(50)
-    assert prior.timesteps(50) == reference.timesteps.tolist()
+    grid = scheduler_grid(prior.scheduler, 50)
+    assert [step.t for step in grid] == reference.timesteps.tolist()
+    assert grid[-1].abar_next == float(reference.final_alpha_cumprod)
+    assert prior.scheduler.num_inference_steps is None  # the prior's own scheduler is left alone
 
 
 def test_a_ddpm_scheduler_config_becomes_ddim_with_the_same_schedule(tmp_path):

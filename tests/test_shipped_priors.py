@@ -12,6 +12,7 @@ import torch
 
 from resample_cli.priors import load_prior
 from resample_cli.priors.registry import get_entry
+from resample_cli.solvers.schedule import scheduler_grid
 from resample_cli.training.data import dead_leaves, ellipse_phantoms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def test_shipped_prior_loads_by_name_within_size(name, offline, one_thread):
     z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = prior.decode(z)
-        eps = prior.eps(z, torch.tensor([prior.timesteps(10)[0]]))
+        eps = prior.eps(z, torch.tensor([scheduler_grid(prior.scheduler, 10)[0].t]))
     assert x.shape == (1, channels, resolution, resolution) and eps.shape == z.shape
     assert bool(torch.isfinite(eps).all())
     # The autoencoder was trained: it reconstructs fresh images of its training generator

@@ -18,7 +18,7 @@ def test_stochastic_resample_matches_proposition_2():
     z_prime = torch.randn(1, 4, generator=gen)
     abar, sigma2 = 0.6, 0.3
     n = 200_000
-    draws = stochastic_resample(z0y.expand(n, 4), z_prime.expand(n, 4), abar, sigma2, gen)
+    draws = stochastic_resample(z0y.expand(n, 4), z_prime.expand(n, 4), abar, sigma2 / (1 - abar), gen)
     # Proposition 2, written out independently of the implementation.
     var = sigma2 * (1 - abar) / (sigma2 + 1 - abar)
     mean = (sigma2 * math.sqrt(abar) * z0y + (1 - abar) * z_prime) / (sigma2 + 1 - abar)
@@ -92,7 +92,8 @@ def test_paper_schedule_matches_the_authors_rule():
 
 def test_paper_preset_counts_equal_what_its_schedule_implies():
     prior, op, y, sigma, *_ = _gaussian_problem()
-    n, steps, look, p_iters, l_iters = 2, 30, 2, 5, 7
+    # 25 divides the 1000 training steps, so the authors' grid has exactly 25 steps.
+    n, steps, look, p_iters, l_iters = 2, 25, 2, 5, 7
     # No early stopping, so every optimisation runs its full length.
     cfg = ReSampleConfig.preset(
         "paper",
@@ -111,12 +112,13 @@ def test_paper_preset_counts_equal_what_its_schedule_implies():
     c = r.trace.counts
     assert c["unet_forward"] == n * (steps + (n_pixel + n_latent) * look)
     assert c["unet_backward"] == n * steps  # the DPS gradient at every step
-    # DPS decode per step; a decode of z0hat per pixel stage; each latent solve and the
-    # final one decode once per iteration; one decode of the result.
-    assert c["decoder_forward"] == n * (steps + n_pixel + (n_latent + 1) * l_iters + 1)
+    # DPS decode per step; a decode of z0hat and one of the encoded solution per pixel
+    # stage; each latent solve and the final one decode once per iteration; one decode of
+    # the result.
+    assert c["decoder_forward"] == n * (steps + 2 * n_pixel + (n_latent + 1) * l_iters + 1)
     assert c["decoder_backward"] == n * (steps + (n_latent + 1) * l_iters)
     assert c["encoder_forward"] == n * n_pixel
-    assert c["operator_calls"] == n * (steps + n_pixel * p_iters + (n_latent + 1) * l_iters + 1)
+    assert c["operator_calls"] == n * (steps + n_pixel * (p_iters + 1) + (n_latent + 1) * l_iters + 1)
     assert len(r.trace.residual_per_dc_step) == n_pixel + n_latent
 
 

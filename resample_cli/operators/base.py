@@ -20,10 +20,16 @@ class Operator(nn.Module):
         """JSON-serialisable parameters, for reports."""
         return {"name": type(self).__name__}
 
-    def measurement_count(self, y: torch.Tensor) -> int:
-        """m: how many entries of one measurement in ``y`` carry data. The residual RMS
-        and the discrepancy target sigma_y sqrt(m) count only these."""
-        return y[0].numel()
+    def measurement_count(self, y: torch.Tensor) -> torch.Tensor:
+        """m per measurement in ``y``, shape (N,): how many of its entries carry data. The
+        residual RMS and the discrepancy target sigma_y sqrt(m) count only these."""
+        return torch.full((y.shape[0],), float(y[0].numel()), dtype=torch.float64, device=y.device)
+
+    def observed(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with its entries that carry no data set to zero, as ``forward`` leaves them
+        (inpainting's missing pixels); ``y`` itself where every entry is data. Solvers fit
+        this, so a measurement holding anything at the unobserved entries is not overfit."""
+        return y
 
 
 class LinearOperator(Operator):

@@ -103,8 +103,11 @@ class Wrapped(Operator):
     def params(self) -> dict:
         return self.inner.params()
 
-    def measurement_count(self, y: torch.Tensor) -> int:
+    def measurement_count(self, y: torch.Tensor) -> torch.Tensor:
         return self.inner.measurement_count(y)
+
+    def observed(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.observed(y)
 
     def extra_repr(self) -> str:
         return repr(self.image_map)

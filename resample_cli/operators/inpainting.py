@@ -37,9 +37,13 @@ class Inpainting(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mask(x) * x
 
-    def measurement_count(self, y: torch.Tensor) -> int:
-        """Only observed pixels are measurements; missing ones are zero in ``forward``."""
-        return int(self._mask(y[:1]).expand_as(y[:1]).sum())
+    def measurement_count(self, y: torch.Tensor) -> torch.Tensor:
+        """Only observed pixels are measurements, counted per image (a mask may be one per
+        image); missing ones are zero in ``forward``."""
+        return self._mask(y).to(torch.float64).expand_as(y).flatten(1).sum(1)
+
+    def observed(self, y: torch.Tensor) -> torch.Tensor:
+        return self._mask(y) * y
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._mask(y) * y

@@ -54,16 +54,6 @@ class LatentPrior(abc.ABC):
         return self.scheduler.alphas_cumprod.to(torch.float64)
 
     @property
-    def final_alpha_cumprod(self) -> float:
-        """abar used after the last DDIM step (1.0, or abar_0, as the scheduler says)."""
-        return float(self.scheduler.final_alpha_cumprod)
-
-    def timesteps(self, steps: int) -> list[int]:
-        """The DDIM timesteps for a run of ``steps`` steps, in sampling order."""
-        self.scheduler.set_timesteps(steps)
-        return [int(t) for t in self.scheduler.timesteps]
-
-    @property
     def size_multiple(self) -> int:
         """Image height and width must be multiples of this (the autoencoder's
         downsampling times any downsampling inside the denoiser)."""

@@ -8,7 +8,8 @@ what it would be alone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -21,14 +22,19 @@ from .trace import CountingPrior
 class StopRule:
     """When an optimisation stops, per image.
 
-    ``mse``: stop once the mean squared residual is at or below this (the paper's
-    code uses 1e-6; the discrepancy principle uses (tau sigma_y)^2, i.e. residual norm
-    at tau sigma_y sqrt(m)). ``plateau``: every ``plateau`` iterations, stop if the
-    loss is no lower than ``plateau`` iterations before (0 turns the rule off).
+    ``mse``: (N,) per-image target of the loss. ``plateau``: the window of the plateau test
+    (0: none). ``check``: "after_step" is the authors' loop: the loss of an iterate is
+    tested after the step from it was taken (so the solve returns one step past the
+    iterate that met the test), stop when it is strictly below ``mse`` or, from iteration
+    ``plateau`` on, strictly above the loss ``plateau`` iterations before. "before_step"
+    tests first (an image that stops keeps the iterate its loss was measured on), stops at
+    or below ``mse``, and tests the plateau only every ``plateau`` iterations, against
+    the previous such checkpoint, with at-or-above.
     """
 
-    mse: float
+    mse: torch.Tensor
     plateau: int = 0
+    check: Literal["after_step", "before_step"] = "before_step"
 
 
 @dataclass
@@ -53,31 +59,35 @@ def adam_fit(
     stop: StopRule,
     on_step: Callable[[int], None] | None = None,
 ) -> Fit:
-    """Minimise ``mse_of(v[idx], idx)`` (one MSE per image) with AdamW, as the authors'
-    code does. An image stops when its loss meets ``stop``; stopped images are held
-    fixed and left out of later evaluations. ``on_step(k)`` is told how many images
-    the backward pass went through.
+    """Minimise ``mse_of(v[idx], idx)`` (one loss per image) with AdamW (torch's defaults,
+    weight decay 0.01), as the authors' code does. An image stops when its loss meets
+    ``stop``; stopped images are held fixed and left out of later evaluations.
+    ``on_step(k)`` is told how many images the backward pass went through.
     """
     n = init.shape[0]
     v = init.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([v], lr=lr)
     active = torch.ones(n, dtype=torch.bool, device=init.device)
     last = torch.full((n,), float("inf"), device=init.device)
-    checkpoint = last.clone()
+    history = torch.full((iters, n), float("nan"), device=init.device)  # losses, by iteration
     taken = torch.zeros(n, dtype=torch.long, device=init.device)
+    target = stop.mse.to(init.device, torch.float32)
+    window, after = stop.plateau, stop.check == "after_step"
     for k in range(iters):
         idx = active.nonzero().squeeze(1)
         opt.zero_grad(set_to_none=True)
         loss = mse_of(v[idx], idx)
-        last[idx] = loss.detach()
-        done = loss.detach() <= stop.mse
-        if stop.plateau and k and k % stop.plateau == 0:
-            done |= loss.detach() >= checkpoint[idx]
-        if stop.plateau and k % stop.plateau == 0:
-            checkpoint[idx] = loss.detach()
-        active[idx[done]] = False
-        if not bool(active.any()):
-            break
+        measured = loss.detach()
+        last[idx] = measured
+        history[k, idx] = measured
+        done = torch.zeros_like(measured, dtype=torch.bool)
+        if not after:
+            done = measured <= target[idx]
+            if window and k and k % window == 0:
+                done |= measured >= history[k - window, idx]
+            active[idx[done]] = False
+            if not bool(active.any()):
+                break
         # Images that stopped here keep the iterate their loss was measured on.
         loss.masked_fill(done, 0).sum().backward()
         held = v.detach()[~active].clone()
@@ -87,7 +97,20 @@ def adam_fit(
         taken[active] += 1
         if on_step is not None:
             on_step(idx.numel())
+        if after:
+            done = measured < target[idx]
+            if window and k >= window:
+                done |= history[k - window, idx] < measured
+            active[idx[done]] = False
+            if not bool(active.any()):
+                break
     return Fit(v.detach(), last.sqrt(), taken)
+
+
+Units = Literal["pm1", "unit"]
+# How much a residual grows when images and measurements are taken to [-1, 1] (x' = 2x - 1,
+# y' = 2y - 1, A'(x') = 2 A((x' + 1) / 2) - 1), the authors' units, from [0, 1].
+UNIT_SCALE: dict[Units, float] = {"pm1": 2.0, "unit": 1.0}
 
 
 def fit_latent(
@@ -99,22 +122,52 @@ def fit_latent(
     iters: int,
     lr: float,
     stop: StopRule,
+    units: Units = "unit",
 ) -> Fit:
-    """z0y = argmin_z 1/2 ||y - A(D(z))||^2 by AdamW through the decoder, from z_init."""
+    """z0y = argmin_z ||y - A(D(z))||^2 by AdamW through the decoder, from z_init. The loss
+    AdamW sees is the mean squared residual in ``units``; ``stop.mse`` and the returned
+    ``rms`` are in y's units."""
+    s2 = UNIT_SCALE[units] ** 2
 
     def mse_of(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return per_sample_mse(operator(net.decode(z)), y[idx])
+        return s2 * per_sample_mse(operator(net.decode(z)), y[idx])
 
-    return adam_fit(
-        z_init, mse_of, iters=iters, lr=lr, stop=stop, on_step=lambda k: net.count_backward(k, decoder=True)
+    fit = adam_fit(
+        z_init,
+        mse_of,
+        iters=iters,
+        lr=lr,
+        stop=replace(stop, mse=stop.mse * s2),
+        on_step=lambda k: net.count_backward(k, decoder=True),
     )
+    return replace(fit, rms=fit.rms / UNIT_SCALE[units])
 
 
 def fit_pixels_adam(
-    operator: Operator, y: torch.Tensor, x_init: torch.Tensor, *, iters: int, lr: float, stop: StopRule
+    operator: Operator,
+    y: torch.Tensor,
+    x_init: torch.Tensor,
+    *,
+    iters: int,
+    lr: float,
+    stop: StopRule,
+    units: Units = "unit",
 ) -> Fit:
-    """x0y = argmin_x 1/2 ||y - A(x)||^2 by AdamW in pixel space, from x_init."""
-    return adam_fit(x_init, lambda x, idx: per_sample_mse(operator(x), y[idx]), iters=iters, lr=lr, stop=stop)
+    """x0y = argmin_x ||y - A(x)||^2 by AdamW on the pixels in ``units`` (so its step and
+    its weight decay, towards 0 there, act as they do in those units), from x_init; images
+    in and out, ``stop.mse`` and ``rms`` in [0, 1] / y's units."""
+    scale = UNIT_SCALE[units]
+
+    def image(u: torch.Tensor) -> torch.Tensor:
+        return (u + scale - 1) / scale
+
+    def mse_of(u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return scale**2 * per_sample_mse(operator(image(u)), y[idx])
+
+    fit = adam_fit(
+        scale * x_init - (scale - 1), mse_of, iters=iters, lr=lr, stop=replace(stop, mse=stop.mse * scale**2)
+    )
+    return replace(fit, value=image(fit.value), rms=fit.rms / scale)
 
 
 def fit_pixels_discrepancy(

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+
+# Which z0 estimate from z_t and the predicted noise: Tweedie's posterior mean, or the
+# ReSample authors' (z_t - (1 - abar) eps) / sqrt(abar) (their ddim.py:541).
+Z0Estimate = Literal["tweedie", "authors"]
 
 
 def tweedie(z: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
     """Posterior-mean estimate of z_0 from z_t: (z_t - sqrt(1 - abar) eps) / sqrt(abar)."""
     return (z - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+
+
+def authors_z0(z: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
+    """The ReSample authors' z_0 estimate, (z_t - (1 - abar) eps) / sqrt(abar): not the
+    posterior mean, but what their DPS term and solves start from."""
+    return (z - (1 - abar) * eps) / math.sqrt(abar)
 
 
 def ddim_sigma(abar: float, abar_prev: float, eta: float) -> float:
@@ -27,28 +38,31 @@ def ddim_step(
     return z if sigma == 0 else z + sigma * noise
 
 
-def resample_variance(abar: float, abar_prev: float, gamma: float) -> float:
-    """The authors' choice of sigma_t^2 for stochastic resampling:
-    gamma (1 - abar_prev) / (1 - abar) (1 - abar / abar_prev)."""
-    return gamma * (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+def resample_ratio(abar: float, abar_prev: float, gamma: float) -> float:
+    """sigma_t^2 / (1 - abar_prev) for the authors' resampling variance
+    sigma_t^2 = gamma (1 - abar_prev) / (1 - abar) (1 - abar / abar_prev), kept as a ratio
+    so that it stays finite where abar_prev = 1."""
+    return gamma * (1 - abar / abar_prev) / (1 - abar)
 
 
 def stochastic_resample(
     z0y: torch.Tensor,
     z_prime: torch.Tensor,
     abar: float,
-    sigma2: float,
+    ratio: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Proposition 2 of the paper: draw z_t given the data-consistent z0y and the
     unconditional sample z_prime, from
 
         N( (sigma2 sqrt(abar) z0y + (1 - abar) z_prime) / (sigma2 + 1 - abar),
-           sigma2 (1 - abar) / (sigma2 + 1 - abar) I ).
-    """
-    denom = sigma2 + 1 - abar
-    mean = (sigma2 * math.sqrt(abar) * z0y + (1 - abar) * z_prime) / denom
-    std = math.sqrt(sigma2 * (1 - abar) / denom)
+           sigma2 (1 - abar) / (sigma2 + 1 - abar) I ),
+
+    written with ratio = sigma2 / (1 - abar) as N((ratio sqrt(abar) z0y + z_prime) /
+    (ratio + 1), ratio (1 - abar) / (ratio + 1) I), which is defined at abar = 1 (there:
+    no noise, and the limit of the mean)."""
+    mean = (ratio * math.sqrt(abar) * z0y + z_prime) / (ratio + 1)
+    std = math.sqrt(ratio * (1 - abar) / (ratio + 1))
     return mean + std * randn_like(mean, generator)
 
 

@@ -35,6 +35,7 @@ from ..priors.base import LatentPrior
 from .consistency import per_sample_mse
 from .ddim import ddim_sigma, ddim_step, randn_like, tweedie
 from .resample import Result, StepInfo
+from .schedule import ddim_grid
 from .trace import CountingPrior, Trace, counting_operator_calls
 
 
@@ -134,18 +135,18 @@ def _guided_ddim(y, operator, prior, config, gamma, image_size, generator, callb
     net = CountingPrior(prior, trace, autocast)
     n = y.shape[0]
     h, w = image_size or tuple(y.shape[-2:])
+    y = operator.observed(y)
     observed = operator.measurement_count(y) / y[0].numel()
-    timesteps = prior.timesteps(config.steps)
-    abar = prior.alphas_cumprod
+    grid = ddim_grid(prior, config.steps, "scheduler")
     with counting_operator_calls(operator, trace), trace.stage("total"):
         z = randn_like(torch.empty(n, *prior.latent_shape(h, w), device=prior.device), generator)
-        for i, t in enumerate(timesteps):
-            a_t = float(abar[t])
-            a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else prior.final_alpha_cumprod
+        for i, step in enumerate(grid):
             with trace.stage("sampling"):
-                z = _guided_step(net, operator, y, z, t, a_t, a_prev, config, glue, gamma, generator)
+                z = _guided_step(
+                    net, operator, y, z, step.t, step.abar, step.abar_next, config, glue, gamma, generator
+                )
             if callback is not None:
-                callback(StepInfo(i + 1, len(timesteps), t, None, None))
+                callback(StepInfo(i + 1, len(grid), step.t, None, None))
         with torch.no_grad():
             x = net.decode(z).clamp(0, 1)
             trace.final_residual = (per_sample_mse(operator(x), y) / observed).sqrt().tolist()

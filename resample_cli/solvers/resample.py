@@ -16,8 +16,27 @@ import torch
 
 from ..operators.base import Operator
 from ..priors.base import LatentPrior
-from .consistency import Fit, StopRule, fit_latent, fit_pixels_adam, fit_pixels_discrepancy, per_sample_mse
-from .ddim import ddim_sigma, ddim_step, randn_like, resample_variance, stochastic_resample, tweedie
+from .consistency import (
+    UNIT_SCALE,
+    Fit,
+    StopRule,
+    Units,
+    fit_latent,
+    fit_pixels_adam,
+    fit_pixels_discrepancy,
+    per_sample_mse,
+)
+from .ddim import (
+    Z0Estimate,
+    authors_z0,
+    ddim_sigma,
+    ddim_step,
+    randn_like,
+    resample_ratio,
+    stochastic_resample,
+    tweedie,
+)
+from .schedule import GridKind, GridStep, ddim_grid
 from .trace import CountingPrior, Trace, counting_operator_calls
 
 Stage = Literal["pixel", "latent"]
@@ -25,24 +44,42 @@ Stage = Literal["pixel", "latent"]
 
 @dataclass(frozen=True)
 class ReSampleConfig:
-    """Settings of a ReSample run (defaults are the ``paper`` preset).
+    """Settings of a ReSample run (defaults are the ``paper`` preset: the authors' code,
+    soominkwon/resample at 3e332b2, ``ldm/models/diffusion/ddim.py``; line numbers below
+    are of that file).
 
-    steps: DDIM steps. eta: DDIM stochasticity (0 = deterministic).
+    steps: DDIM steps (sample_condition.py:33). eta: DDIM stochasticity (0 =
+    deterministic). timestep_grid: "authors" is the latent-diffusion code's grid
+    999, 997, ..., 1 landing on abar_0 (27-57); "scheduler" is the prior's diffusers
+    DDIM spacing (998, ..., 0 landing on 1 for "leading").
     dc_every: data consistency at every k-th step (counted from the end, as the
-    authors' code does). dc_start: fraction of the trajectory, from pure noise, with
-    no data consistency. pixel_fraction: the part of the data-consistency window,
+    authors' code does, 273). dc_start: fraction of the trajectory, from pure noise, with
+    no data consistency (264). pixel_fraction: the part of the data-consistency window,
     from its start, solved in pixel space; the rest is solved in latent space.
     lookahead: unconditional DDIM steps run ahead of each data-consistency step, whose
-    z0hat is the starting point of the solve. gamma: scale of the resampling variance.
-    dps_scale: Latent-DPS step zeta_t = dps_scale * abar_t on ||y - A(D(z0hat))|| at
-    every step (0 turns it off and saves a UNet and decoder backward pass per step).
-    pixel_solver: "adam" (AdamW on the pixels) or "operator" (the operator's
+    z0 estimate is the starting point of the solve (206, 274-285). lookahead_lag: the
+    authors' look-ahead runs the network at the next grid timestep but takes the step's
+    coefficients one grid step behind (277); False puts both at the same timestep.
+    gamma: scale of the resampling variance (289).
+    dps_scale: Latent-DPS step zeta_t = dps_scale * abar_t on the residual norm at every
+    step (260; 0 turns it off and saves a UNet and decoder backward pass per step).
+    dps_z0, start_z0: the z0 estimate decoded in the DPS term and the one that starts
+    each solve: "authors" is (z - (1 - abar) eps) / sqrt(abar) (541, used at 260 and
+    280), "tweedie" is (z - sqrt(1 - abar) eps) / sqrt(abar).
+    units: "pm1" acts as the authors' code, whose images and measurements are in [-1, 1]:
+    the DPS norm, the losses AdamW sees, its pixel step and weight decay (towards grey)
+    and ``stop_mse`` are those of [-1, 1] quantities (residuals twice the [0, 1] ones);
+    "unit" takes all of them on [0, 1].
+    pixel_solver: "adam" (AdamW on the pixels, 337-370) or "operator" (the operator's
     regularised least-squares solve, lam chosen by the discrepancy principle; linear
     operators only, nonlinear ones fall back to "adam").
-    stop: "threshold" stops an optimisation when its MSE is below ``stop_mse``;
-    "discrepancy" when the residual norm is at most tau * sigma_y * sqrt(m).
-    plateau: also stop when the loss is no lower than this many iterations before
-    (0: off). final_consistency: one more latent solve on the final z_0.
+    stop: "threshold" stops an optimisation when its MSE (in ``units``) is below
+    ``stop_mse`` (363, 428); "discrepancy" when the residual norm is at most
+    tau * sigma_y * sqrt(m). stop_check: "after_step" as the authors' loop (the test of
+    an iterate comes after the step from it); "before_step" tests first
+    (``consistency.StopRule``). plateau: the window of the plateau test (0: off; 419-426).
+    pixel_plateau: the plateau test in pixel solves too (the authors have it in latent
+    solves only). final_consistency: one more latent solve on the final z_0 (329-332).
     final_pixel_consistency: the output is not the decoded image D(z_0) but the
     regularised least-squares solution x = argmin ||y - A x||^2 + lam ||x - D(z_0)||^2,
     lam chosen by the discrepancy principle (residual tau * sigma_y * sqrt(m)), so that
@@ -52,16 +89,26 @@ class ReSampleConfig:
     Result.decoded is None: there is no regularised solve to call, and gradient steps in
     pixel space would overfit the noise unless stopped by a rule of their own.
     Off in ``paper`` (the authors output D(z_0)).
+
+    One difference from the authors' code is kept in every preset: the images of a batch
+    are independent problems (norms, losses and stopping per image), where their code,
+    run on a batch, would take one norm and one loss over the whole batch. They ran it
+    one image at a time, where the two agree.
     """
 
     steps: int = 500
     eta: float = 0.0
+    timestep_grid: GridKind = "authors"
     dc_every: int = 10
     dc_start: float = 1 / 3
     pixel_fraction: float = 0.5
     lookahead: int = 5
+    lookahead_lag: bool = True
     gamma: float = 40.0
     dps_scale: float = 0.5
+    dps_z0: Z0Estimate = "authors"
+    start_z0: Z0Estimate = "authors"
+    units: Units = "pm1"
     pixel_solver: Literal["adam", "operator"] = "adam"
     pixel_iters: int = 2000
     pixel_lr: float = 1e-2
@@ -70,7 +117,9 @@ class ReSampleConfig:
     stop: Literal["threshold", "discrepancy"] = "threshold"
     stop_mse: float = 1e-6
     tau: float = 1.0
+    stop_check: Literal["after_step", "before_step"] = "after_step"
     plateau: int = 200
+    pixel_plateau: bool = False
     final_consistency: bool = True
     final_pixel_consistency: bool = False
 
@@ -86,23 +135,28 @@ class ReSampleConfig:
 
 
 PRESETS: dict[str, ReSampleConfig] = {
-    # The authors' settings, as docs/design.md ("Presets") lists them; not yet their behaviour (README).
+    # The authors' code (tests/test_paper_oracle.py compares it with an independent port).
     "paper": ReSampleConfig(),
     # Few steps, closed-form/CG pixel solves, discrepancy stopping, no DPS gradient, and
     # the output pulled to the data by a final pixel solve (docs/BENCHMARKS.md: it won on
-    # every CT image and on average on real CT slices and photographs).
+    # every CT image and on average on real CT slices and photographs). Grid, start
+    # estimate and stopping as tuned (docs/BENCHMARKS.md).
     "fast": ReSampleConfig(
         steps=50,
+        timestep_grid="scheduler",
         dc_every=2,
         pixel_fraction=0.75,
         lookahead=0,
         dps_scale=0.0,
+        start_z0="tweedie",
         pixel_solver="operator",
         pixel_iters=200,
         latent_iters=50,
         latent_lr=1e-2,
         stop="discrepancy",
+        stop_check="before_step",
         plateau=10,
+        pixel_plateau=True,
         final_pixel_consistency=True,
     ),
 }
@@ -165,115 +219,125 @@ def resample(
     net = CountingPrior(prior, trace, autocast)
     n = y.shape[0]
     h, w = image_size or tuple(y.shape[-2:])
+    y = operator.observed(y)
     # The solves work with the mean over all entries of y; only a fraction carries data
     # (inpainting: the observed pixels), so targets and reported RMS values are rescaled.
-    observed = operator.measurement_count(y) / y[0].numel()
-    target_mse = (config.tau * sigma_y) ** 2 * observed if config.stop == "discrepancy" else config.stop_mse
-    stop = StopRule(target_mse, config.plateau)
-    timesteps = prior.timesteps(config.steps)
-    abar = prior.alphas_cumprod
-    stages = dc_schedule(replace(config, steps=len(timesteps)))
+    observed = (operator.measurement_count(y) / y[0].numel()).to(y.device, torch.float32)
+    target_mse = (config.tau * sigma_y) ** 2 * observed
+    if config.stop == "threshold":  # stop_mse is in the configured units
+        target_mse = torch.full_like(observed, config.stop_mse / UNIT_SCALE[config.units] ** 2)
+    latent_stop = StopRule(target_mse, config.plateau, config.stop_check)
+    pixel_stop = replace(latent_stop, plateau=config.plateau if config.pixel_plateau else 0)
+    sigma_data = config.tau * sigma_y * observed.sqrt()
+    grid = ddim_grid(prior, config.steps, config.timestep_grid)
+    stages = dc_schedule(replace(config, steps=len(grid)))
 
-    def abar_after(i: int) -> float:
-        return float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else prior.final_alpha_cumprod
+    def solve_latent(z_init: torch.Tensor) -> Fit:
+        return fit_latent(
+            net,
+            operator,
+            y,
+            z_init,
+            iters=config.latent_iters,
+            lr=config.latent_lr,
+            stop=latent_stop,
+            units=config.units,
+        )
 
     def record(fit: Fit) -> list[float]:
-        rms = (fit.rms / math.sqrt(observed)).tolist()
+        rms = (fit.rms / observed.sqrt()).tolist()
         trace.residual_per_dc_step.append(rms)
         trace.dc_iterations.append(fit.iterations.tolist())
         return rms
 
     with counting_operator_calls(operator, trace), trace.stage("total"):
         z = randn_like(torch.empty(n, *prior.latent_shape(h, w), device=prior.device), generator)
-        for i, t in enumerate(timesteps):
-            a_t, a_prev = float(abar[t]), abar_after(i)
+        for i, step in enumerate(grid):
             with trace.stage("sampling"):
-                z_prev, z0hat = _ddim_with_dps(net, operator, y, z, t, a_t, a_prev, config, generator)
+                z_prev, z0hat = _ddim_with_dps(net, operator, y, z, step, config, generator)
             residual = None
             stage = stages[i]
             if stage is not None:
                 if config.lookahead:
                     with trace.stage("lookahead"):
-                        z0hat = _lookahead(net, z_prev, timesteps, i, config.lookahead, abar_after)
+                        z0hat = _lookahead(net, z_prev, grid, i, config)
                 with trace.stage(stage):
                     if stage == "pixel":
-                        fit = _pixel_fit(
-                            net, operator, y, net.decode(z0hat), config, sigma_y * math.sqrt(observed), stop
-                        )
+                        fit = _pixel_fit(operator, y, net.decode(z0hat), config, sigma_data, pixel_stop)
                         z0y = net.encode(fit.value)
+                        # What the latent achieves, not the pixel solution it was encoded from.
+                        with torch.no_grad():
+                            fit.rms = per_sample_mse(operator(net.decode(z0y)), y).sqrt()
                     else:
-                        fit = fit_latent(
-                            net,
-                            operator,
-                            y,
-                            z0hat,
-                            iters=config.latent_iters,
-                            lr=config.latent_lr,
-                            stop=stop,
-                        )
+                        fit = solve_latent(z0hat)
                         z0y = fit.value
                     residual = record(fit)
-                    sigma2 = resample_variance(a_t, a_prev, config.gamma)
-                    z_prev = stochastic_resample(z0y, z_prev, a_prev, sigma2, generator)
+                    ratio = resample_ratio(step.abar, step.abar_next, config.gamma)
+                    z_prev = stochastic_resample(z0y, z_prev, step.abar_next, ratio, generator)
             z = z_prev
             if callback is not None:
-                callback(StepInfo(i + 1, len(timesteps), t, stage, residual))
+                callback(StepInfo(i + 1, len(grid), step.t, stage, residual))
         if config.final_consistency:
             with trace.stage("final"):
-                fit = fit_latent(
-                    net, operator, y, z, iters=config.latent_iters, lr=config.latent_lr, stop=stop
-                )
-                z = fit.value
+                z = solve_latent(z).value
         with torch.no_grad():
             x = net.decode(z).clamp(0, 1)
             decoded = None
             if config.final_pixel_consistency and operator.linear:
                 with trace.stage("final_pixel"):
-                    target = config.tau * sigma_y * math.sqrt(observed)
-                    decoded, x = x, _final_pixel_solve(operator, y, x, target, trace)
+                    decoded, x = x, _final_pixel_solve(operator, y, x, sigma_data, trace)
             trace.final_residual = (per_sample_mse(operator(x), y) / observed).sqrt().tolist()
     return Result(x, z, trace, decoded)
 
 
-def _ddim_with_dps(net, operator, y, z, t, a_t, a_prev, config, generator):
-    """One DDIM step from z_t, with the optional Latent-DPS nudge on the residual norm."""
+def _z0(z: torch.Tensor, eps: torch.Tensor, abar: float, kind: Z0Estimate) -> torch.Tensor:
+    return tweedie(z, eps, abar) if kind == "tweedie" else authors_z0(z, eps, abar)
+
+
+def _ddim_with_dps(net, operator, y, z, step: GridStep, config: ReSampleConfig, generator):
+    """One DDIM step from z_t, with the optional Latent-DPS nudge on the residual norm;
+    returns z_{t-1} and the z0 estimate (``start_z0``) that starts a solve here."""
     dps = config.dps_scale > 0
     with torch.set_grad_enabled(dps):
         z = z.detach().requires_grad_(dps)
-        eps = net.eps(z, t)
-        z0hat = tweedie(z, eps, a_t)
-        sigma = ddim_sigma(a_t, a_prev, config.eta)
+        eps = net.eps(z, step.t)
+        sigma = ddim_sigma(step.abar, step.abar_next, config.eta)
         noise = randn_like(z, generator) if sigma else None
-        z_prev = ddim_step(z0hat, eps, a_prev, sigma, noise)
+        z_prev = ddim_step(tweedie(z, eps, step.abar), eps, step.abar_next, sigma, noise)
         if dps:
-            norm = (y - operator(net.decode(z0hat))).flatten(1).norm(dim=1)
+            x0 = net.decode(_z0(z, eps, step.abar, config.dps_z0))
+            norm = UNIT_SCALE[config.units] * (y - operator(x0)).flatten(1).norm(dim=1)
             (grad,) = torch.autograd.grad(norm.sum(), z)
             net.count_backward(z.shape[0], unet=True, decoder=True)
-            z_prev = z_prev - config.dps_scale * a_t * grad
-    return z_prev.detach(), z0hat.detach()
+            z_prev = z_prev - config.dps_scale * step.abar * grad
+    return z_prev.detach(), _z0(z, eps, step.abar, config.start_z0).detach()
 
 
 @torch.no_grad()
-def _lookahead(net, z, timesteps, i, k, abar_after):
-    """Run k unconditional DDIM steps ahead from z (at timesteps[i + 1]) and return the
-    z0hat of the last; fewer when the trajectory ends first (data consistency never
-    runs at the last step, so there is always at least one)."""
-    for j in range(i + 1, min(i + 1 + k, len(timesteps))):
-        a = float(net.prior.alphas_cumprod[timesteps[j]])
-        eps = net.eps(z, timesteps[j])
-        z0hat = tweedie(z, eps, a)
-        z = ddim_step(z0hat, eps, abar_after(j), 0.0, None)
+def _lookahead(net, z, grid: list[GridStep], i: int, config: ReSampleConfig) -> torch.Tensor:
+    """Run ``config.lookahead`` unconditional DDIM steps ahead from z (at grid[i + 1]) and
+    return the z0 estimate of the last; fewer when the trajectory ends first (data
+    consistency never runs at the last step, so there is always at least one). With
+    ``lookahead_lag`` each step runs the network at grid[j] with the coefficients of
+    grid[j - 1], as the authors' code does."""
+    for j in range(i + 1, min(i + 1 + config.lookahead, len(grid))):
+        coefficients = grid[j - 1] if config.lookahead_lag else grid[j]
+        eps = net.eps(z, grid[j].t)
+        z0hat = _z0(z, eps, coefficients.abar, config.start_z0)
+        z = ddim_step(tweedie(z, eps, coefficients.abar), eps, coefficients.abar_next, 0.0, None)
     return z0hat
 
 
-def _pixel_fit(net, operator, y, x_init, config, sigma_y, stop) -> Fit:
+def _pixel_fit(operator, y, x_init, config: ReSampleConfig, sigma_data, stop) -> Fit:
     if config.pixel_solver == "operator" and operator.linear:
-        return fit_pixels_discrepancy(operator, y, x_init.detach(), config.tau * sigma_y)
-    return fit_pixels_adam(operator, y, x_init, iters=config.pixel_iters, lr=config.pixel_lr, stop=stop)
+        return fit_pixels_discrepancy(operator, y, x_init.detach(), sigma_data)
+    return fit_pixels_adam(
+        operator, y, x_init, iters=config.pixel_iters, lr=config.pixel_lr, stop=stop, units=config.units
+    )
 
 
 def _final_pixel_solve(
-    operator: Operator, y: torch.Tensor, decoded: torch.Tensor, target_rms: float, trace: Trace
+    operator: Operator, y: torch.Tensor, decoded: torch.Tensor, target_rms: torch.Tensor, trace: Trace
 ) -> torch.Tensor:
     """The discrepancy-principle Tikhonov solution around the decoded images, clamped to
     [0, 1] (a projection onto a set holding the truth, so it only brings x closer to it);
