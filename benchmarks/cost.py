@@ -206,9 +206,10 @@ def schedule_max(config: ReSampleConfig) -> Counter:
     return Counter(
         unet_forward=s + lookahead,
         unet_backward=s * dps,
-        # DPS decodes z0hat at every step; a pixel solve starts from D(z0hat); a latent solve
-        # decodes once per iteration; the result is decoded once at the end.
-        decoder_forward=s * dps + pixel + latent * config.latent_iters + 1,
+        # DPS decodes z0hat at every step; a pixel solve starts from D(z0hat) and its
+        # encoded result is decoded for the residual it reports; a latent solve decodes once
+        # per iteration; the result is decoded once at the end.
+        decoder_forward=s * dps + 2 * pixel + latent * config.latent_iters + 1,
         decoder_backward=s * dps + latent * config.latent_iters,
         encoder_forward=pixel,
     )

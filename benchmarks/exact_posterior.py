@@ -32,13 +32,12 @@ import torch
 from resample_cli.operators import ParallelBeamCT
 from resample_cli.operators.matrix import MatrixOperator
 from resample_cli.priors.gaussian import GaussianMixturePrior
-from resample_cli.solvers.latent_dps import LatentDPSConfig, PSLDConfig, latent_dps, psld
-from resample_cli.solvers.resample import ReSampleConfig, resample
+from resample_cli.solvers import solver_named
 
 SIDE = 4
 D = SIDE * SIDE
 SHAPE = (1, SIDE, SIDE)
-SOLVERS = ("resample:fast", "resample:paper", "latent-dps", "psld")
+SOLVERS = ("resample:fast", "resample:paper", "latent-dps:paper", "psld:paper", "diffpir:paper")
 EXACT_REFERENCE_DRAWS = 4000
 
 
@@ -90,30 +89,27 @@ def coverage(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.9)
     return float(((reference >= lo) & (reference <= hi)).double().mean())
 
 
-def run_solver(name, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, float, float]:
-    """(latent samples, settings, seconds, mean final residual)."""
-    kw = dict(sigma_y=sigma, image_size=(SIDE, SIDE), generator=g)
-    if name == "resample:fast":
-        cfg = ReSampleConfig.preset("fast")
-        label = f"{cfg.steps} steps"
-        start = time.perf_counter()
-        result = resample(y, op, prior, cfg, **kw)
-    elif name == "resample:paper":
-        cfg = ReSampleConfig.preset("paper", **({"steps": args.paper_steps} if args.paper_steps else {}))
-        label = f"{cfg.steps} steps" + (" (reduced from 500)" if cfg.steps != 500 else "")
-        start = time.perf_counter()
-        result = resample(y, op, prior, cfg, **kw)
-    else:
-        solver, config = (latent_dps, LatentDPSConfig) if name == "latent-dps" else (psld, PSLDConfig)
-        overrides = {"steps": args.dps_steps} if args.dps_steps else {}
+def run_solver(label, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, float, float]:
+    """(latent samples, settings, seconds, mean final residual) of ``NAME:PRESET``."""
+    name, _, preset = label.partition(":")
+    solve, config_class = solver_named(name)
+    overrides = {}
+    if name == "resample" and preset == "paper" and args.paper_steps:
+        overrides["steps"] = args.paper_steps
+    if name in ("latent-dps", "psld"):
+        if args.dps_steps:
+            overrides["steps"] = args.dps_steps
         if args.zeta is not None:
             overrides["zeta"] = args.zeta
-        cfg = config.preset("paper", **overrides)
-        label = f"{cfg.steps} steps, ζ={cfg.zeta:g}" + (f", γ={cfg.gamma:g}" if name == "psld" else "")
-        start = time.perf_counter()
-        result = solver(y, op, prior, cfg, **kw)
+    cfg = config_class.preset(preset, **overrides)
+    ran = cfg.resolved(op).to_dict()
+    settings = f"{ran['steps']} steps" + "".join(
+        f", {key} {ran[key]:g}" for key in ("zeta", "gamma", "lam") if ran.get(key) is not None
+    )
+    start = time.perf_counter()
+    result = solve(y, op, prior, cfg, sigma_y=sigma, image_size=(SIDE, SIDE), generator=g)
     seconds = time.perf_counter() - start
-    return result.z, label, seconds, sum(result.trace.final_residual) / len(result.trace.final_residual)
+    return result.z, settings, seconds, sum(result.trace.final_residual) / len(result.trace.final_residual)
 
 
 def main() -> None:
@@ -126,7 +122,7 @@ def main() -> None:
     parser.add_argument("--decoder", choices=["random", "identity"], default="random")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma-separated, from {SOLVERS}")
     parser.add_argument("--paper-steps", type=int, default=None, help="ReSample paper steps (default 500)")
-    parser.add_argument("--dps-steps", type=int, default=None, help="Latent-DPS/PSLD steps (default 1000)")
+    parser.add_argument("--dps-steps", type=int, default=None, help="Latent-DPS/PSLD steps (default: preset)")
     parser.add_argument("--zeta", type=float, default=None, help="Latent-DPS/PSLD step (default: preset)")
     parser.add_argument("--directions", type=int, default=256, help="slicing directions for the SWD")
     parser.add_argument("--seed", type=int, default=0)

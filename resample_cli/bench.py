@@ -29,20 +29,16 @@ from .io.atomic import write_text_atomic
 from .metrics import psnr, ssim
 from .operators.base import Operator
 from .priors.base import LatentPrior
+from .solvers import SOLVERS, solver_config, solver_named
 from .solvers.classical import (
     bicubic_upsample,
     filtered_back_projection,
     regularised_least_squares,
     tv_least_squares,
 )
-from .solvers.latent_dps import LatentDPSConfig, PSLDConfig, latent_dps, psld
-from .solvers.resample import ReSampleConfig, resample
 
-DIFFUSION_SOLVERS = {
-    "resample": (resample, ReSampleConfig),
-    "latent-dps": (latent_dps, LatentDPSConfig),
-    "psld": (psld, PSLDConfig),
-}
+# The diffusion solvers, by name: the registry's (``resample_cli.solvers.SOLVERS``).
+DIFFUSION_SOLVERS = SOLVERS
 # What ``classical`` stands for, per task.
 CLASSICAL_SOLVERS = {
     "deblur": ("tikhonov",),
@@ -126,7 +122,7 @@ def parse_solvers(spec: str, task: str) -> list[str]:
         name, _, preset = item.partition(":")
         if name in DIFFUSION_SOLVERS:
             preset = preset or "fast"
-            DIFFUSION_SOLVERS[name][1].preset(preset)  # a ValueError names the presets
+            solver_config(name, preset)  # a ValueError names the solver's presets
             found = [f"{name}:{preset}"]
         elif name == "classical" and not preset:
             found = list(CLASSICAL_SOLVERS[task])
@@ -162,8 +158,8 @@ def build_solvers(
 def _diffusion(
     label: str, name: str, preset: str, prior: LatentPrior, settings: BenchSettings
 ) -> BenchSolver:
-    solve, config_type = DIFFUSION_SOLVERS[name]
-    config = config_type.preset(preset, **({"steps": settings.steps} if settings.steps else {}))
+    solve, _ = solver_named(name)
+    config = solver_config(name, preset, **({"steps": settings.steps} if settings.steps else {}))
 
     def run(case, y, operator, sigma_y, on_step):
         restoration = pipeline.restore(
@@ -180,7 +176,7 @@ def _diffusion(
         )
         return restoration.x, restoration.trace.counts
 
-    return BenchSolver(label, run, steps=config.steps, linear_only=name == "psld")
+    return BenchSolver(label, run, steps=config.steps, linear_only=DIFFUSION_SOLVERS[name].linear_only)
 
 
 def _classical(label: str, task: str, settings: BenchSettings):

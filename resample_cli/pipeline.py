@@ -17,7 +17,7 @@ from .operators.base import Operator
 from .operators.compose import ChannelMean, Cropped, padded_canvas
 from .priors.base import LatentPrior
 from .report import REPORT_VERSION, residual_summary
-from .solvers.latent_dps import LatentDPSConfig
+from .solvers import SolverConfig, name_of_config
 from .solvers.resample import ReSampleConfig, Result, StepInfo, resample
 from .solvers.trace import Trace
 
@@ -30,7 +30,8 @@ from .solvers.trace import Trace
 # Regularised estimates fit a little less than the truth (the shipped CT benchmark: 1.06).
 FIT_RATIO_THRESHOLD = 1.5
 
-# ``resample``, or a baseline with its interface (``latent_dps``, ``psld``):
+# A solver of the registry (``solvers.SOLVERS``: ``resample``, ``latent_dps``, ``psld``,
+# ``diffpir``), all with ReSample's interface:
 # solver(y, operator, prior, config, *, sigma_y, image_size, generator, callback, autocast) -> Result.
 Solver = Callable[..., Result]
 
@@ -54,7 +55,7 @@ def restore(
     y: torch.Tensor,
     operator: Operator,
     prior: LatentPrior,
-    config: ReSampleConfig | LatentDPSConfig,
+    config: SolverConfig,
     *,
     image_shape: tuple[int, int, int],
     sigma_y: float,
@@ -70,7 +71,8 @@ def restore(
     mean and comes back grey; an image whose size the prior cannot take is padded and
     the padding left out of the data term. ``callback(chunk, info)`` follows progress,
     ``chunk`` counting the batches of samples. ``solver`` runs with ``config`` (a
-    ``ReSampleConfig`` for the default ``resample``, or the chosen baseline's config)."""
+    ``ReSampleConfig`` for the default ``resample``, else the config class the registry
+    names for the solver, ``solvers.solver_named``)."""
     channels, height, width = image_shape
     op = _fit_channels(operator, channels, prior)
     (ph, pw), box = padded_canvas(height, width, prior.size_multiple)
@@ -204,28 +206,32 @@ def report(
     task: str,
     operator: Operator,
     prior: LatentPrior,
-    config: ReSampleConfig,
+    config: SolverConfig,
     preset: str,
     restoration: Restoration,
     seed: int,
     dtype: str,
     metrics: dict | None = None,
+    solver: str | None = None,
 ) -> dict:
     """The report's fixed keys (docs/design.md) less ``input`` and ``output``, which the
-    caller who names the files adds."""
+    caller who names the files adds. ``solver`` is the registry name of the solver that ran
+    with ``config`` (default: the solver whose config class ``config`` is); the report's
+    ``solver`` block holds ``config``'s fields as the solver ran them
+    (``config.resolved(operator)``) and ReSample's ``final_pixel_lam``."""
     info = prior.info
+    name = name_of_config(config) if solver is None else solver
+    config = config.resolved(operator)  # with the values a solver sets per task filled in
+    settings = {"name": name, "preset": preset, **config.to_dict()}
+    if isinstance(config, ReSampleConfig):  # the final pixel solve is ReSample's
+        settings["final_pixel_lam"] = restoration.trace.final_pixel_lam or None
     out = {
         "version": REPORT_VERSION,
         "resample_version": __version__,
         "task": task,
         "operator": operator.params(),
         "model": {"name": info.name, "repo": info.repo, "revision": info.revision, "path": info.path},
-        "solver": {
-            "name": "resample",
-            "preset": preset,
-            **config.to_dict(),
-            "final_pixel_lam": restoration.trace.final_pixel_lam or None,
-        },
+        "solver": settings,
         "samples": restoration.samples,
         "seed": seed,
         "device": str(prior.device),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from rich.progress import Progress
 from resample_cli.cli import options, restore
 from resample_cli.cli.console import EtaColumn, ScheduleEta, batch_remaining
 from resample_cli.io.images import image_size, read_image
-from resample_cli.solvers.resample import ReSampleConfig, dc_schedule
+from resample_cli.solvers.latent_dps import LatentDPSConfig
+from resample_cli.solvers.resample import ReSampleConfig, StepInfo, dc_schedule
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 
@@ -68,6 +70,28 @@ def test_prior_costs_put_latent_steps_above_pixel_steps_above_plain_ones():
     for preset in ("fast", "paper"):
         cost = restore.prior_step_costs(ReSampleConfig.preset(preset))
         assert cost[None] < cost["pixel"] < cost["latent"]
+
+
+@pytest.mark.parametrize(
+    "config", [ReSampleConfig.preset("paper", steps=3), LatentDPSConfig.preset("fast", steps=3)]
+)
+def test_the_bars_follow_a_solver_that_runs_more_steps_than_asked(config):
+    """ReSample's authors' grid runs ceil(1000 / 333) = 4 steps for --steps 3: the plan of
+    the input in hand (two chunks of samples) becomes the solver's from its first step."""
+    bars = restore._Bars(None, "deblur", inputs=1, config=config)
+    assert bars.eta.kinds == [] and len(bars.schedule) == 3
+    bars.start_input("a.png", chunks=2)
+    for chunk in range(2):
+        for step in range(1, 5):
+            bars.step(chunk, StepInfo(step, 4, 0, None, None))
+    assert bars.eta.kinds == restore.step_kinds(config, 4) * 2 and bars.eta.done == 8
+    if isinstance(config, ReSampleConfig):
+        assert bars.eta.kinds[:4] == dc_schedule(replace(config, steps=4))
+    else:
+        assert bars.eta.kinds == [None] * 8
+    bars.finish_input(restored=True)
+    bars.start_input("b.png", chunks=1)  # the next input starts with the solver's count
+    assert len(bars.eta.kinds) == 4
 
 
 def test_the_eta_column_counts_down_to_the_tasks_finish_time():

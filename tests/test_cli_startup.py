@@ -68,6 +68,12 @@ def test_version_and_help_import_no_torch(tmp_path, args):
     assert "resample" in run["stdout"]
 
 
+def test_restoring_help_offers_the_solvers_without_torch(tmp_path):
+    run = probe("deblur", "--help", tmp_path=tmp_path)
+    assert run["code"] == 0 and run["heavy"] == []
+    assert "--solver" in run["stdout"] and "resample|latent-dps|psld|diffpir" in plain(run["stdout"])
+
+
 def test_the_console_script_imports_no_torch_for_its_version(tmp_path):
     """``python -X importtime``, through ``python -m resample_cli`` as ``resample`` runs."""
     proc = subprocess.run(

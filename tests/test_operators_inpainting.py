@@ -85,3 +85,22 @@ def test_params_report_the_observed_fraction() -> None:
     params = Inpainting(box_mask((8, 8), 4)).params()
     assert params["observed_fraction"] == pytest.approx(48 / 64)
     assert params["mask_shape"] == [1, 1, 8, 8]
+
+
+def test_measurement_count_is_per_image_with_one_mask_per_image() -> None:
+    masks = torch.zeros(3, 1, 4, 5)
+    masks[0, :, :2] = 1  # 10 observed pixels
+    masks[1, :, :, :1] = 1  # 4
+    masks[2] = 1  # 20
+    op = Inpainting(masks)
+    y = op(torch.rand(3, 2, 4, 5))
+    # Each pixel counts once per channel.
+    assert op.measurement_count(y).tolist() == [20.0, 8.0, 40.0]
+    single = Inpainting(masks[1, 0])
+    assert single.measurement_count(torch.rand(2, 3, 4, 5)).tolist() == [12.0, 12.0]
+
+
+def test_observed_zeroes_what_the_mask_hides() -> None:
+    mask = torch.tensor(np.random.default_rng(0).random((4, 4)) > 0.5, dtype=torch.float32)
+    y = torch.rand(2, 3, 4, 4) + 1  # nonzero everywhere, as a careless caller might pass
+    np.testing.assert_array_equal(Inpainting(mask).observed(y).numpy(), y.numpy() * mask.numpy())

@@ -175,3 +175,69 @@ def test_only_observed_entries_count_towards_the_discrepancy_target():
     )
     ratio = torch.tensor(r.trace.final_residual) / sigma
     assert 0.7 <= ratio.mean() <= 1.2
+
+
+def test_per_image_masks_get_per_image_targets_and_an_unmasked_y_is_masked():
+    """Two images with their own masks (16 and 4 observed pixels) stop at sigma over their
+    own observed pixels; a y that holds values at missing pixels gives the same run as the
+    masked y (the library masks it; nothing there is fit)."""
+    from resample_cli.operators import Inpainting
+
+    prior, _, _, sigma, *_ = _gaussian_problem()
+    masks = torch.ones(2, 1, 4, 4)
+    masks[1, :, 1:] = 0  # the second image observes its first row only
+    op = Inpainting(masks)
+    g = torch.Generator().manual_seed(3)
+    clean = ((prior.means[1].float().reshape(1, 1, 4, 4)) + 1) / 2
+    y = op(clean.expand(2, -1, -1, -1) + sigma * torch.randn(2, 1, 4, 4, generator=g))
+    cfg = ReSampleConfig.preset("fast", steps=30)
+
+    def run(measurement):
+        return resample(
+            measurement, op, prior, cfg, sigma_y=sigma, generator=torch.Generator().manual_seed(0)
+        )
+
+    masked = run(y)
+    # The residual over each image's observed pixels, computed here from the output.
+    per_image = ((op(masked.x) - y).pow(2).flatten(1).sum(1) / torch.tensor([16.0, 4.0])).sqrt()
+    torch.testing.assert_close(torch.tensor(masked.trace.final_residual), per_image)
+    assert (per_image / sigma).max() < 1.5
+    cluttered = run(y + (1 - masks) * 0.7)
+    torch.testing.assert_close(cluttered.x, masked.x)
+
+
+def test_a_pixel_stage_reports_the_residual_of_the_latent_it_hands_on():
+    """After a pixel solve, the recorded residual is that of D(E(x)), what the latent
+    handed on reproduces, not that of the pixel solution x. With a decoder from a 4-dim
+    latent to 16 pixels, no latent fits y better than the least-squares fit within the
+    decoder's range, while x (16 free pixels, 8 measurements) fits it almost exactly."""
+    _, op, y, sigma, *_ = _gaussian_problem()
+    g = torch.Generator().manual_seed(2)
+    decoder = torch.randn(16, 4, generator=g, dtype=torch.float64) / 2
+    prior = GaussianMixturePrior(
+        torch.ones(1),
+        torch.zeros(1, 4),
+        0.1 * torch.eye(4)[None],
+        (1, 2, 2),
+        decoder=decoder,
+        image_shape=(1, 4, 4),
+    )
+    # Best fit in the range: x = (D z + 1) / 2, so y ~ (M D / 2) z + M 1/2.
+    m = op.matrix.to(torch.float64)
+    offset = m @ torch.full((16,), 0.5, dtype=torch.float64)
+    z_best = torch.linalg.lstsq(m @ decoder / 2, y.double() - offset).solution
+    best_rms = float((m @ (decoder @ z_best + 1) / 2 - y.double()).pow(2).mean().sqrt())
+    cfg = ReSampleConfig.preset("paper", steps=25, dc_every=5, lookahead=1, pixel_iters=300, latent_iters=5)
+    recorded = []
+    resample(
+        y[None],
+        op,
+        prior,
+        cfg,
+        sigma_y=sigma,
+        image_size=(4, 4),
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda info: recorded.append(info.residual[0]) if info.stage == "pixel" else None,
+    )
+    assert recorded and best_rms > 5 * sigma
+    assert min(recorded) >= best_rms * (1 - 1e-4)

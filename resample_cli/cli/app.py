@@ -119,10 +119,11 @@ def _restore_images(call: TaskCall, scale: int = 1) -> int:
     batch = _plan_images(call, scale=scale)
     if not batch.to_restore:
         return batch.finish_without_model()
-    from .restore import run_restore
+    from .restore import check_solver_takes, run_restore
     from .tasks import image_measurement, task_operator
 
     op = task_operator(call.task, call.options)
+    check_solver_takes(call.common.solver.value, op)
     return run_restore(batch, lambda path: image_measurement(path, lambda hw: op, scale))
 
 

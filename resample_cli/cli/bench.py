@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from ..solvers import SOLVERS as SOLVER_REGISTRY
 from .options import (
     COMMON,
     DEFAULT_MODELS,
@@ -89,16 +90,20 @@ class BenchOptions:
     )
     solvers: str = declared(
         "resample:fast,classical",
-        help="Comma-separated solvers: resample[:fast|paper], latent-dps[:fast|paper], psld[:fast|paper] "
-        "(linear tasks only), and classical: the task's classical baselines (deblur, inpaint: tikhonov; "
-        "superres: bicubic; ct: fbp, tv-ls; nonlinear-deblur: tv-ls), also by name. Presets default to fast.",
+        help="Comma-separated solvers: the diffusion solvers of the restoring commands' --solver, "
+        + ", ".join(
+            f"{e.name}[:fast|paper]" + (" (linear tasks only)" if e.linear_only else "")
+            for e in SOLVER_REGISTRY.values()
+        )
+        + " (presets default to fast), and classical: the task's classical baselines (deblur, inpaint: tikhonov; superres: bicubic; ct: fbp, "
+        "tv-ls; nonlinear-deblur: tv-ls), also by name.",
         rich_help_panel=SOLVERS,
     )
     steps: int | None = (
         COMMON["steps"]
         .but(
-            help="DDIM steps of every diffusion solver, overriding its preset's (resample 50/500, latent-dps "
-            "and psld 100/1000 for fast/paper).",
+            help="Sampling steps of every diffusion solver, overriding its preset's (resample: fast 50, "
+            "paper 500).",
             rich_help_panel=SOLVERS,
         )
         .as_field()

@@ -107,6 +107,10 @@ class ScheduleEta:
         """Begin a run of steps of these kinds."""
         self.kinds, self.done = list(kinds), 0
 
+    def replan(self, kinds: Sequence[Hashable]) -> None:
+        """The steps not done yet are of these kinds (the run turned out to have others)."""
+        self.kinds = self.kinds[: self.done] + list(kinds)
+
     def record(self, seconds: float) -> None:
         """The run's next step took ``seconds``."""
         kind = self.kinds[self.done]

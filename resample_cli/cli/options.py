@@ -25,6 +25,8 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from ..solvers import DEFAULT_SOLVER, SOLVER_NAMES, SOLVERS
+
 REQUIRED = inspect.Parameter.empty  # an option or argument without a default must be given
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -173,9 +175,13 @@ BUNDLED_MODELS = {task: "ct-ellipses" if task == "ct" else "dead-leaves" for tas
 DEFAULT_NOISE = {"deblur": 0.005, "superres": 0.005, "inpaint": 0.005, "nonlinear-deblur": 0.005, "ct": 0.0}
 
 
-class Preset(str, Enum):
-    paper = "paper"
-    fast = "fast"
+# --solver's choices: the registry's names (``resample_cli.solvers`` imports no torch).
+Solver = Enum("Solver", {name: name for name in SOLVER_NAMES}, type=str)
+SOLVER_HELP = (
+    "The diffusion solver: "
+    + "; ".join(f"{e.name} ({e.summary})" for e in SOLVERS.values())
+    + f". [default: {DEFAULT_SOLVER}]"
+)
 
 
 class Device(str, Enum):
@@ -258,15 +264,23 @@ class CommonOptions:
         help="Hub revision (commit, branch or tag) of --model; default: the registry's pinned commit.",
         rich_help_panel=COMMON_PANEL,
     )
-    preset: Preset = declared(
-        Preset.fast,
-        help="Solver settings: 'paper' takes the authors' settings (slow; not yet a faithful reproduction, see README 'Presets'); 'fast' is this tool's cheaper schedule.",
+    solver: Solver = declared(
+        Solver(DEFAULT_SOLVER),
+        help=SOLVER_HELP,
+        show_default=False,
+        rich_help_panel=COMMON_PANEL,
+    )
+    preset: str = declared(
+        "fast",
+        help="Settings of the chosen --solver, by name. Every solver has 'paper' (its authors' code as published; "
+        "slow) and 'fast' (cheaper: fewer steps; for resample this tool's own schedule); see README "
+        "'Solvers and presets'. A preset the solver does not have is an error naming its presets.",
         rich_help_panel=COMMON_PANEL,
     )
     steps: int | None = declared(
         None,
         min=1,
-        help="DDIM steps, overriding the preset's (paper: 500, fast: 50).",
+        help="Sampling steps of the chosen --solver, overriding its preset's (resample: paper: 500, fast: 50).",
         rich_help_panel=COMMON_PANEL,
     )
     noise: float = declared(

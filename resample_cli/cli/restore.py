@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,13 @@ from ..operators.base import Operator
 from ..priors import PriorError, load_prior
 from ..priors.base import LatentPrior
 from ..report import plot_residuals, write_report
-from ..solvers.resample import ReSampleConfig, Stage, StepInfo, dc_schedule
+from ..solvers import SolverConfig, solver_config, solver_entry, solver_named
+from ..solvers.resample import ReSampleConfig, StepInfo, dc_schedule
 from .batch import Batch, PlannedInput
 from .console import Output, ScheduleEta, batch_remaining
 from .files import check_output_dir
 from .fit import warn_if_poor_fit
-from .options import BUNDLED_MODELS, DEFAULT_MODELS, Device, default_threads
+from .options import BUNDLED_MODELS, DEFAULT_MODELS, CommonOptions, Device, default_threads
 
 
 @dataclass
@@ -57,16 +58,48 @@ def resolve_device(device: Device) -> torch.device:
         raise typer.BadParameter(str(err), param_hint="--device") from None
 
 
+@dataclass(frozen=True)
+class ChosenSolver:
+    """The solver --solver names, with its config: its own --preset, --steps over it."""
+
+    name: str
+    solve: Callable[..., object]
+    config: SolverConfig
+
+
+def chosen_solver(common: CommonOptions) -> ChosenSolver:
+    """--solver, --preset and --steps as the solver to run; a preset that solver does not
+    have is a usage error (exit 2) naming its presets, found before any model loads."""
+    name = common.solver.value
+    overrides = {"steps": common.steps} if common.steps else {}
+    try:
+        config = solver_config(name, common.preset, **overrides)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--preset") from None
+    solve, _ = solver_named(name)
+    return ChosenSolver(name, solve, config)
+
+
+def check_solver_takes(name: str, operator: Operator) -> None:
+    """A solver that cannot run with the task's forward model (PSLD with a nonlinear one)
+    is a usage error (exit 2), found before any model loads."""
+    why = solver_entry(name).refuses(operator.linear)
+    if why is not None:
+        raise typer.BadParameter(f"{why}; {type(operator).__name__} is not linear", param_hint="--solver")
+
+
 def run_restore(
     batch: Batch,
     prepare: Callable[[Path], Measurement],
     read_reference: Callable[[Path], np.ndarray] = lambda p: read_image(p).data,
 ) -> int:
     """Restore the inputs ``batch`` planned to; return the exit code (0 all written,
-    1 some failed). The inputs planning refused or skipped are reported before the
-    model loads; every input gets a JSON record. Ctrl-C ends the batch with its summary
-    line and exit code 130, leaving no partial outputs."""
+    1 some failed). --solver and --preset's usage errors come first; the inputs planning
+    refused or skipped are reported before the model loads; every input gets a JSON
+    record. Ctrl-C ends the batch with its summary line and exit code 130, leaving no
+    partial outputs."""
     common = batch.common
+    solver = chosen_solver(common)
     device = resolve_device(common.device)
     _set_threads(common.threads)
     out = Output(quiet=common.quiet, json_lines=common.json)
@@ -78,7 +111,7 @@ def run_restore(
             prior = _load_model(batch, device, out)
         except (InputError, PriorError) as err:  # every input fails: one error line, one record each
             return _fail_all(batch, out, tally, str(err))
-        return _BatchRun(batch, prepare, read_reference, prior, out, tally).run()
+        return _BatchRun(batch, prepare, read_reference, prior, out, tally, solver).run()
     except KeyboardInterrupt:
         out.error("interrupted; outputs of the input in hand were not written")
         not_restored = tally.close_pending(out, "interrupted")
@@ -160,15 +193,17 @@ class _BatchRun:
     prior: LatentPrior
     out: Output
     tally: _Tally
-    config: ReSampleConfig = field(init=False)
+    solver: ChosenSolver
     autocast: torch.dtype | None = field(init=False)
     bars: _Bars = field(init=False)
 
     def __post_init__(self) -> None:
-        common = self.batch.common
-        overrides = {"steps": common.steps} if common.steps else {}
-        self.config = ReSampleConfig.preset(common.preset.value, **overrides)
-        self.autocast = None if common.dtype.value == "float32" else getattr(torch, common.dtype.value)
+        dtype = self.batch.common.dtype.value
+        self.autocast = None if dtype == "float32" else getattr(torch, dtype)
+
+    @property
+    def config(self) -> SolverConfig:
+        return self.solver.config
 
     def run(self) -> int:
         to_restore = self.batch.to_restore
@@ -209,6 +244,7 @@ class _BatchRun:
             batch_size=common.batch_size,
             autocast=self.autocast,
             callback=self.bars.step,
+            solver=self.solver.solve,
         )
         image = result.x.numpy()
         report = pipeline.report(
@@ -216,7 +252,8 @@ class _BatchRun:
             operator=measurement.operator,
             prior=self.prior,
             config=self.config,
-            preset=common.preset.value,
+            solver=self.solver.name,
+            preset=common.preset,
             restoration=result,
             seed=common.seed,
             dtype=common.dtype.value,
@@ -238,11 +275,14 @@ def _with_bundled_alternative(message: str, spec: str, task: str) -> str:
 
 class _Bars:
     """The batch bar and the step bar of the input in hand, with ETAs that price each
-    step by its kind (``ScheduleEta``): data-consistency steps cost many plain ones."""
+    step by its kind (``ScheduleEta``): ReSample's data-consistency steps cost many plain
+    ones; the other solvers' steps are all of one kind."""
 
-    def __init__(self, bar: Progress | None, task: str, inputs: int, config: ReSampleConfig):
+    def __init__(self, bar: Progress | None, task: str, inputs: int, config: SolverConfig):
         self.bar = bar
-        self.schedule = dc_schedule(config)
+        self.config = config
+        self.schedule = step_kinds(config)
+        self.chunks = 1  # batches of samples of the input in hand
         self.eta = ScheduleEta(prior_step_costs(config))
         self.finished: list[float] = []  # seconds of each input restored
         self.queued = inputs  # not started yet
@@ -256,12 +296,15 @@ class _Bars:
         self.queued -= 1
         self.in_hand = True
         self.started = self.last = time.monotonic()
+        self.chunks = chunks
         self.eta.start(self.schedule * chunks)
         if self.bar:
             self.bar.reset(self.steps, total=len(self.eta.kinds), description=name)
             self._show()
 
     def step(self, chunk: int, info: StepInfo) -> None:
+        if info.step == 1 and info.total != len(self.schedule):
+            self._replan(chunk, info.total)
         now = time.monotonic()
         if self.eta.done < len(self.eta.kinds):
             self.eta.record(now - self.last)
@@ -269,6 +312,14 @@ class _Bars:
         if self.bar:
             self.bar.update(self.steps, completed=self.eta.done)
             self._show()
+
+    def _replan(self, chunk: int, total: int) -> None:
+        """The solver runs ``total`` steps, not the ``config.steps`` planned (ReSample's
+        authors' grid has ceil(T / (T // steps)) steps): plan this chunk's and the rest."""
+        self.schedule = step_kinds(self.config, total)
+        self.eta.replan(self.schedule * (self.chunks - chunk))
+        if self.bar:
+            self.bar.update(self.steps, total=len(self.eta.kinds))
 
     def finish_input(self, restored: bool) -> None:
         """The input in hand is done (``restored``), or failed before or during its steps."""
@@ -289,8 +340,20 @@ class _Bars:
         self.bar.update(self.files, finish_at=None if total is None else now + total)
 
 
-def prior_step_costs(config: ReSampleConfig) -> dict[Stage | None, float]:
-    """What a step of each kind costs before one has been timed, in network passes (a
+def step_kinds(config: SolverConfig, steps: int | None = None) -> list[Hashable]:
+    """The kind of each step a run with ``config`` takes, in order, over ``steps`` steps
+    (default ``config.steps``): ReSample's data-consistency stage of each (``dc_schedule``,
+    as ``resample`` decides it for its grid); one kind (None) for every step of the other
+    solvers, which run the same work at each."""
+    steps = config.steps if steps is None else steps
+    if isinstance(config, ReSampleConfig):
+        return list(dc_schedule(replace(config, steps=steps)))
+    return [None] * steps
+
+
+def prior_step_costs(config: SolverConfig) -> dict[Hashable, float]:
+    """What a step of each kind (``step_kinds``) costs before one has been timed: the
+    solvers other than ReSample have one kind, at one unit. For ReSample, in network passes (a
     backward pass counted as two forwards, a decoder or encoder pass as a UNet pass), from
     what ``config`` runs per step: a plain DDIM step is one UNet pass (six with the DPS
     gradient); a data-consistency step adds its look-ahead, then a decode, the pixel solve
@@ -298,6 +361,8 @@ def prior_step_costs(config: ReSampleConfig) -> dict[Stage | None, float]:
     ``latent_iters`` cap: the discrepancy is rarely met in latent space). The operator's
     own pixel solve is about 15 passes (12 to 32 measured on the bundled priors, fast
     preset, where latent steps took 140 to 160 plain steps)."""
+    if not isinstance(config, ReSampleConfig):
+        return {None: 1.0}
     plain = 1 + (5 if config.dps_scale > 0 else 0)
     consistency = plain + config.lookahead
     solve = 15 if config.pixel_solver == "operator" else 0.05 * config.pixel_iters

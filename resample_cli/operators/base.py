@@ -15,6 +15,12 @@ class Operator(nn.Module):
     """
 
     linear: bool = False
+    # The kind of measurement, by which solvers look up what their sources set per task:
+    # "blur", "gaussian-blur", "superres", "inpainting", "nonlinear-blur", "ct" or "other".
+    task: str = "other"
+    # Whether its parameters differ between the images of a batch (one mask per image), so
+    # that it applies to the whole batch only, not to a subset of its images.
+    batch_parameters: bool = False
 
     def params(self) -> dict:
         """JSON-serialisable parameters, for reports."""

@@ -71,6 +71,7 @@ class Blur(LinearOperator):
     """
 
     fast_solve = True
+    task = "blur"
 
     def __init__(self, kernel: torch.Tensor | np.ndarray) -> None:
         super().__init__()
@@ -191,6 +192,8 @@ class Blur(LinearOperator):
 class GaussianBlur(Blur):
     """``Blur`` with the Gaussian kernel exp(-(i^2 + j^2) / (2 sigma^2)) sampled on a
     ``kernel_size`` x ``kernel_size`` grid centred on the middle element and normalised to sum 1."""
+
+    task = "gaussian-blur"
 
     def __init__(self, sigma: float, kernel_size: int = 61) -> None:
         if sigma <= 0:

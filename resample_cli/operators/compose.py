@@ -103,6 +103,14 @@ class Wrapped(Operator):
     def params(self) -> dict:
         return self.inner.params()
 
+    @property
+    def task(self) -> str:
+        return self.inner.task
+
+    @property
+    def batch_parameters(self) -> bool:
+        return self.inner.batch_parameters
+
     def measurement_count(self, y: torch.Tensor) -> torch.Tensor:
         return self.inner.measurement_count(y)
 

@@ -42,6 +42,8 @@ class ParallelBeamCT(LinearOperator):
     the bilinear sampling, taken by autograd (``grid_sample``'s backward scatters the weights).
     """
 
+    task = "ct"
+
     def __init__(
         self,
         angles: int | Sequence[float],

@@ -17,6 +17,7 @@ class Inpainting(LinearOperator):
     """
 
     fast_solve = True
+    task = "inpainting"
 
     def __init__(self, mask: torch.Tensor | np.ndarray) -> None:
         super().__init__()
@@ -26,6 +27,10 @@ class Inpainting(LinearOperator):
         if m.ndim != 4:
             raise ValueError(f"mask must be (H, W) or (N, C, H, W), got shape {tuple(m.shape)}")
         self.register_buffer("mask", m.to(torch.float64))
+
+    @property
+    def batch_parameters(self) -> bool:
+        return self.mask.shape[0] > 1
 
     def params(self) -> dict:
         return {

@@ -25,6 +25,7 @@ class NonlinearBlur(Operator):
     """
 
     linear = False
+    task = "nonlinear-blur"
 
     def __init__(self, sigma: float = 3.0, kernel_size: int = 61, gain: float = 2.0) -> None:
         super().__init__()

@@ -43,6 +43,8 @@ class BicubicDownsample(LinearOperator):
     float ('F' mode) images up to float32 rounding.
     """
 
+    task = "superres"
+
     def __init__(self, scale: int) -> None:
         super().__init__()
         if int(scale) != scale or scale < 2:

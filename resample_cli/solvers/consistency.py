@@ -58,11 +58,14 @@ def adam_fit(
     lr: float,
     stop: StopRule,
     on_step: Callable[[int], None] | None = None,
+    whole_batch: bool = False,
 ) -> Fit:
     """Minimise ``mse_of(v[idx], idx)`` (one loss per image) with AdamW (torch's defaults,
     weight decay 0.01), as the authors' code does. An image stops when its loss meets
-    ``stop``; stopped images are held fixed and left out of later evaluations.
-    ``on_step(k)`` is told how many images the backward pass went through.
+    ``stop``; stopped images are held fixed and left out of later evaluations, unless
+    ``whole_batch`` (for an operator that only applies to the whole batch: one mask per
+    image), where they are evaluated and ignored. ``on_step(k)`` is told how many images
+    the backward pass went through.
     """
     n = init.shape[0]
     v = init.detach().clone().requires_grad_(True)
@@ -73,23 +76,26 @@ def adam_fit(
     taken = torch.zeros(n, dtype=torch.long, device=init.device)
     target = stop.mse.to(init.device, torch.float32)
     window, after = stop.plateau, stop.check == "after_step"
+    everyone = torch.arange(n, device=init.device)
     for k in range(iters):
-        idx = active.nonzero().squeeze(1)
+        idx = everyone if whole_batch else active.nonzero().squeeze(1)
+        running = active[idx]
         opt.zero_grad(set_to_none=True)
         loss = mse_of(v[idx], idx)
         measured = loss.detach()
-        last[idx] = measured
+        last[idx[running]] = measured[running]
         history[k, idx] = measured
-        done = torch.zeros_like(measured, dtype=torch.bool)
+        done = torch.zeros_like(running)
         if not after:
             done = measured <= target[idx]
             if window and k and k % window == 0:
                 done |= measured >= history[k - window, idx]
+            done &= running
             active[idx[done]] = False
             if not bool(active.any()):
                 break
         # Images that stopped here keep the iterate their loss was measured on.
-        loss.masked_fill(done, 0).sum().backward()
+        loss.masked_fill(done | ~running, 0).sum().backward()
         held = v.detach()[~active].clone()
         opt.step()
         with torch.no_grad():
@@ -101,7 +107,7 @@ def adam_fit(
             done = measured < target[idx]
             if window and k >= window:
                 done |= history[k - window, idx] < measured
-            active[idx[done]] = False
+            active[idx[done & running]] = False
             if not bool(active.any()):
                 break
     return Fit(v.detach(), last.sqrt(), taken)
@@ -139,6 +145,7 @@ def fit_latent(
         lr=lr,
         stop=replace(stop, mse=stop.mse * s2),
         on_step=lambda k: net.count_backward(k, decoder=True),
+        whole_batch=operator.batch_parameters,
     )
     return replace(fit, rms=fit.rms / UNIT_SCALE[units])
 
@@ -165,7 +172,12 @@ def fit_pixels_adam(
         return scale**2 * per_sample_mse(operator(image(u)), y[idx])
 
     fit = adam_fit(
-        scale * x_init - (scale - 1), mse_of, iters=iters, lr=lr, stop=replace(stop, mse=stop.mse * scale**2)
+        scale * x_init - (scale - 1),
+        mse_of,
+        iters=iters,
+        lr=lr,
+        stop=replace(stop, mse=stop.mse * scale**2),
+        whole_batch=operator.batch_parameters,
     )
     return replace(fit, value=image(fit.value), rms=fit.rms / scale)
 

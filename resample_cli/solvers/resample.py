@@ -130,6 +130,10 @@ class ReSampleConfig:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
 
+    def resolved(self, operator: Operator) -> ReSampleConfig:
+        """This config as it runs with ``operator``: ReSample sets nothing per task."""
+        return self
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -149,6 +153,7 @@ PRESETS: dict[str, ReSampleConfig] = {
         lookahead=0,
         dps_scale=0.0,
         start_z0="tweedie",
+        units="unit",
         pixel_solver="operator",
         pixel_iters=200,
         latent_iters=50,

@@ -46,12 +46,21 @@ def scheduler_grid(scheduler: DDIMScheduler, steps: int) -> list[GridStep]:
 
 
 def authors_grid(alphas_cumprod: torch.Tensor, steps: int) -> list[GridStep]:
-    """The latent-diffusion code's "uniform" DDIM grid, which the ReSample authors run: with
-    c = T // steps, timesteps 1, 1 + c, 1 + 2c, ... (999, 997, ..., 1 for T = 1000 and 500
-    steps), the lowest step landing on abar[0], not on 1. When c does not divide T the grid
-    has ceil(T / c) steps, not ``steps`` (their ``make_ddim_timesteps``)."""
+    """The latent-diffusion code's "uniform" DDIM grid, which the ReSample and PSLD authors
+    run (ldm/modules/diffusionmodules/util.py, ``make_ddim_timesteps`` and
+    ``make_ddim_sampling_parameters``): with c = T // steps, timesteps 1, 1 + c, 1 + 2c, ...
+    (999, 997, ..., 1 for T = 1000 and 500 steps), each landing on abar c below, the lowest
+    on abar[0], not on 1. When c does not divide T the grid has ceil(T / c) steps, not
+    ``steps``.
+
+    When the top timestep would be T itself (c divides T - 1: every steps > T / 2, and e.g.
+    3 or 9), that code takes abar at t - 1 (its "subtract 1" branch for c = 1; other c fail
+    there). Such grids here are T - 1, T - 1 - c, ..., 0 throughout, the network told t - 1,
+    abar's own index, where the source tells it t: T is outside the range a prior is
+    trained on."""
     abar = alphas_cumprod.to(torch.float64)
-    stride = len(abar) // steps
-    ascending = [k + 1 for k in range(0, len(abar), stride)]
-    below = [0, *ascending[:-1]]
-    return [GridStep(t, float(abar[t]), float(abar[b])) for t, b in zip(ascending, below, strict=True)][::-1]
+    total = len(abar)
+    c = total // steps
+    top = 1 + c * ((total - 1) // c)
+    first = top if top < total else total - 1
+    return [GridStep(t, float(abar[t]), float(abar[max(t - c, 0)])) for t in range(first, -1, -c)]
