@@ -9,20 +9,21 @@ draw of y is made right after the blur matrix (exact_posterior.py draws it later
 the mask task's solvers have used the generator), so y is not the y of its table.
 
 Rows:
-  exact          independent exact posterior draws (the Monte Carlo floor);
-  ours: paper    resample_cli's ``paper`` preset;
-  authors        the port, every quirk as published;
-  authors +tw    the port with Tweedie's z0 in the DPS term: the one difference the README
-                 admits, so what ``paper`` claims to equal;
-  port: ours     the port with every quirk switched to what ``paper`` does (should match
-                 ``ours: paper`` up to float rounding: it checks the port and the list of
-                 differences);
-  authors, X     the authors' code with the single quirk X switched to ours (see
-                 ``authors_port.py`` for each); ``units:*`` rows switch one of the three
-                 effects of the unit change alone, in [-1, 1] terms;
-  authors, batch the published code run on the whole batch at once (one norm and one loss
-                 over all samples, all stop together), not one image at a time;
-  ours, X        (--leave-one-out) every quirk ours except X, which is the authors'.
+  exact            independent exact posterior draws (the Monte Carlo floor);
+  ours: paper      resample_cli's ``paper`` preset (should match ``authors`` up to float
+                   rounding; tests/test_paper_oracle.py checks it);
+  authors          the port, every quirk as published;
+  authors, every field switched   the port with every quirk switched to the alternative
+                   its ReSampleConfig field offers: what ``paper`` did before it was made
+                   faithful;
+  authors, F=V     the authors' code with the one ReSampleConfig field F set to V (the
+                   measured effect of that field; ``authors_port.py`` describes each);
+                   ``units:*`` rows switch one of the three effects of ``units=unit`` alone,
+                   in [-1, 1] terms;
+  authors, batch   the published code run on the whole batch at once (one norm and one loss
+                   over all samples, all stop together), not one image at a time: the one
+                   difference every preset keeps;
+  earlier paper, X (--leave-one-out) every field switched except X, which is the authors'.
 
 Every solver row uses the same seeded draws (start latent and resampling noise), so rows
 differ only by their algorithm. mean err: ||mean of the samples - exact posterior mean||;
@@ -35,7 +36,7 @@ per data-consistency solve (pixel and latent; not the final solve).
 
     python benchmarks/paper_oracle.py --quick     # 100 steps, 32 samples (about 4 min)
     python benchmarks/paper_oracle.py             # 500 steps (the paper's), 64 samples (about 17 min)
-    python benchmarks/paper_oracle.py --leave-one-out --only "ours, "   # the 7 ours-but-one rows
+    python benchmarks/paper_oracle.py --leave-one-out --only "earlier paper, "   # the 7 leave-one-out rows
 
 (times on one thread of a shared 2-core CPU; --leave-one-out adds 7 rows.)
 """
@@ -53,7 +54,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from authors_port import QUIRKS, PortConfig, authors_resample  # noqa: E402
+from authors_port import CONFIG_FIELDS, QUIRKS, PortConfig, authors_resample  # noqa: E402
 from exact_posterior import (  # noqa: E402
     EXACT_REFERENCE_DRAWS,
     SHAPE,
@@ -71,8 +72,8 @@ from resample_cli.solvers.resample import ReSampleConfig, resample  # noqa: E402
 
 TASK = "blur (3x3 Toeplitz)"
 # The three effects of working on [0, 1] instead of [-1, 1], each alone, in the port's
-# [-1, 1] terms: ours' DPS step is 0.25 a_t on the [-1, 1] norm, ours' pixel lr is 2e-2 on
-# [-1, 1] pixels (apart from where weight decay pulls), ours' threshold is 4e-6 there.
+# [-1, 1] terms: with units=unit the DPS step is 0.25 a_t on the [-1, 1] norm, the pixel lr 2e-2 on
+# [-1, 1] pixels (apart from where weight decay pulls), the threshold 4e-6 there.
 UNIT_PARTS = {
     "units: DPS step 0.25·ᾱ": {"dps_scale": 0.25},
     "units: pixel lr 2e-2": {"pixel_lr": 2e-2},
@@ -84,17 +85,21 @@ def port_rows(steps: int, leave_one_out: bool) -> list[tuple[str, PortConfig]]:
     base = PortConfig(steps=steps)
     rows = [
         ("authors", base),
-        ("authors +tw (README's claim)", replace(base, dps_z0="tweedie")),
-        ("port: ours (every quirk ours)", base.ours()),
+        ("authors, every field switched (the earlier paper)", base.ours()),
     ]
-    rows += [(f"authors, {name}→ours", replace(base, **change)) for name, change in QUIRKS.items()]
+    rows += [(f"authors, {_field_label(name)}", replace(base, **QUIRKS[name])) for name in QUIRKS]
     rows += [(f"authors, {name}", replace(base, **change)) for name, change in UNIT_PARTS.items()]
     rows.append(("authors, batch of all samples", replace(base, batch_norms=True)))
     if leave_one_out:
         for name, change in QUIRKS.items():
             back = {k: getattr(base, k) for k in change}
-            rows.append((f"ours, {name}→authors", replace(base.ours(), **back)))
+            rows.append((f"earlier paper, {name}→authors", replace(base.ours(), **back)))
     return rows
+
+
+def _field_label(quirk: str) -> str:
+    """The ReSampleConfig setting a port switch stands for, e.g. ``start_z0=tweedie``."""
+    return ", ".join(f"{k}={v}" for k, v in CONFIG_FIELDS[quirk].items())
 
 
 def bootstrap(samples, reference, exact_mean, directions, count, g) -> tuple[float, float, float, float]:
@@ -119,7 +124,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 500; --quick 100)")
     parser.add_argument("--samples", type=int, default=None, help="samples per row (default 64; --quick 32)")
     parser.add_argument("--noise", type=float, default=0.02, help="noise std of y, [0, 1] units")
-    parser.add_argument("--leave-one-out", action="store_true", help="add the ours-but-one rows")
+    parser.add_argument("--leave-one-out", action="store_true", help="add the every-field-but-one rows")
     parser.add_argument("--only", default=None, help="run only rows whose label contains this")
     parser.add_argument("--directions", type=int, default=256)
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the SEs")

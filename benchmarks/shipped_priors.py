@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from pydicom.data import get_testdata_file
 from skimage import data as skdata
 
-from resample_cli.io.ct import hu_to_unit, read_dicom_hu
-from resample_cli.io.images import read_image
+from resample_cli.fileio.ct import hu_to_unit, read_dicom_hu
+from resample_cli.fileio.images import read_image
 from resample_cli.metrics import psnr, ssim
 from resample_cli.operators import BicubicDownsample, GaussianBlur, ParallelBeamCT
 from resample_cli.operators.base import Operator

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import pipeline
-from .io.atomic import write_text_atomic
+from .fileio.atomic import write_text_atomic
 from .metrics import psnr, ssim
 from .operators.base import Operator
 from .priors.base import LatentPrior

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .io.atomic import atomic_path, write_text_atomic
+from .fileio.atomic import atomic_path, write_text_atomic
 
 REPORT_VERSION = 1
 

@@ -159,6 +159,17 @@ QUIRKS: dict[str, dict] = {
     "stop_rule": {"stop_rule": "ours"},
     "pixel_plateau": {"pixel_plateau": True},
 }
+# The ``ReSampleConfig`` fields that switch the same quirks (names only: this module imports
+# nothing of resample_cli's).
+CONFIG_FIELDS: dict[str, dict] = {
+    "units": {"units": "unit"},
+    "dps_z0": {"dps_z0": "tweedie"},
+    "start_z0": {"start_z0": "tweedie"},
+    "lookahead_lag": {"lookahead_lag": False},
+    "grid": {"timestep_grid": "scheduler"},
+    "stop_rule": {"stop_check": "before_step"},
+    "pixel_plateau": {"pixel_plateau": True},
+}
 # ``batch_norms`` is not among them: ``paper`` and this port's default both treat each image
 # as its own problem, which is how the authors ran their code (one image per call).
 

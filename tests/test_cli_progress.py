@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from resample_cli.cli import options, restore
 from resample_cli.cli.console import EtaColumn, ScheduleEta, batch_remaining
-from resample_cli.io.images import image_size, read_image
+from resample_cli.fileio.images import image_size, read_image
 from resample_cli.solvers.latent_dps import LatentDPSConfig
 from resample_cli.solvers.resample import ReSampleConfig, StepInfo, dc_schedule
 

@@ -29,7 +29,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import radon
 
-from resample_cli.io.ct import hu_to_unit
+from resample_cli.fileio.ct import hu_to_unit
 from resample_cli.operators import (
     BicubicDownsample,
     Blur,

@@ -17,7 +17,7 @@ import pytest
 from conftest import STEPS, ct_hu_phantom, files_in, load_report, one_line_error, random_grey, write_ct_dicom
 from pydicom.uid import PYDICOM_ROOT_UID, CTImageStorage, generate_uid
 
-from resample_cli.io.ct import (
+from resample_cli.fileio.ct import (
     IMPLEMENTATION_CLASS_UID,
     derived_slice,
     new_derived_series,

@@ -19,23 +19,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from authors_port import QUIRKS, PortConfig, authors_resample
+from authors_port import CONFIG_FIELDS, QUIRKS, PortConfig, authors_resample
 
 from resample_cli.operators.matrix import MatrixOperator
 from resample_cli.priors.gaussian import GaussianMixturePrior
 from resample_cli.solvers.resample import ReSampleConfig, resample
 
 SIDE, D, SIGMA, STEPS = 4, 16, 0.02, 100
-# The ReSampleConfig fields that switch each of the port's quirks to its alternative.
-FIELD_OF_QUIRK = {
-    "units": {"units": "unit"},
-    "dps_z0": {"dps_z0": "tweedie"},
-    "start_z0": {"start_z0": "tweedie"},
-    "lookahead_lag": {"lookahead_lag": False},
-    "grid": {"timestep_grid": "scheduler"},
-    "stop_rule": {"stop_check": "before_step"},
-    "pixel_plateau": {"pixel_plateau": True},
-}
 
 
 def _toy(seed: int = 0):
@@ -105,12 +95,12 @@ def test_same_draws_give_the_authors_latents(toy):
     assert ours.trace.dc_iterations == port.iterations
 
 
-@pytest.mark.parametrize("quirk", list(FIELD_OF_QUIRK))
+@pytest.mark.parametrize("quirk", list(CONFIG_FIELDS))
 def test_each_field_switches_what_the_ports_quirk_switches(toy, quirk):
     prior, op, y, *_ = toy
     # Shorter solves and a 50-iteration plateau window, so that the stopping rules act.
     short = {"pixel_iters": 400, "latent_iters": 150}
-    ours = _ours(prior, op, y, 2, seed=4, plateau=50, **short, **FIELD_OF_QUIRK[quirk])
+    ours = _ours(prior, op, y, 2, seed=4, plateau=50, **short, **CONFIG_FIELDS[quirk])
     port_config = replace(PortConfig(steps=STEPS), window=50, **short, **QUIRKS[quirk])
     port = _port(prior, op, y, 2, seed=4, config=port_config)
     torch.testing.assert_close(ours.z, port.z, atol=1e-4, rtol=0)

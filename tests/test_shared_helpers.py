@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resample_cli.devices import DeviceUnavailableError, resolve_device
-from resample_cli.io.atomic import make_temp_folder, replace_folder
+from resample_cli.fileio.atomic import make_temp_folder, replace_folder
 from resample_cli.messages import first_line, format_duration
 from resample_cli.metrics import psnr
 

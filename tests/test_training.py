@@ -19,7 +19,7 @@ from tiny_prior import KL_SCALING_FACTOR, make_tiny_prior
 from typer.testing import CliRunner
 
 from resample_cli.cli import train as train_cli
-from resample_cli.io.errors import InputError
+from resample_cli.fileio.errors import InputError
 from resample_cli.priors import DiffusersPrior, load_prior
 from resample_cli.training import (
     FolderSource,

@@ -96,7 +96,7 @@ def _plan_images(
 ) -> Batch:
     """An image task's batch, planned from the files alone (no torch): the restoration is
     ``scale`` times the input's size; ``check_input``, the task's own check of an input."""
-    from ..io.images import image_size
+    from ..fileio.images import image_size
     from .batch import TaskChecks, plan_batch
     from .files import IMAGE_INPUTS
     from .writers import ImageWriter
@@ -177,12 +177,12 @@ def ct(call: TaskCall) -> int:
     if angles is not None and angles_file is not None:
         raise typer.BadParameter("give either --angles or --angles-file, not both", param_hint="--angles")
     require_existing(dicom_template, "--dicom-template")
-    from ..io.errors import InputError
+    from ..fileio.errors import InputError
     from .writers import CTWriter, DicomTemplates
 
     angle_values = None
     if angles_file is not None:
-        from ..io.ct import read_angles_file
+        from ..fileio.ct import read_angles_file
 
         try:
             angle_values = read_angles_file(angles_file)
@@ -192,7 +192,7 @@ def ct(call: TaskCall) -> int:
         templates = None if dicom_template is None else DicomTemplates.load(dicom_template)
     except InputError as err:  # a bad template is found before any solve, not after
         raise typer.BadParameter(str(err), param_hint="--dicom-template") from None
-    from ..io.ct import clean_ct_size, read_sinogram
+    from ..fileio.ct import clean_ct_size, read_sinogram
     from .batch import TaskChecks, plan_batch
     from .files import SINOGRAM_INPUTS
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from ..io.errors import InputError
-from ..io.images import image_size
+from ..fileio.errors import InputError
+from ..fileio.images import image_size
 from .console import Output
 from .files import (
     REPORT_TAIL,

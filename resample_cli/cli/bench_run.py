@@ -28,8 +28,8 @@ from ..bench import (
     write_csv,
     write_markdown,
 )
-from ..io.errors import InputError
-from ..io.images import LoadedImage, write_image
+from ..fileio.errors import InputError
+from ..fileio.images import LoadedImage, write_image
 from ..priors import LatentPrior, PriorError, load_prior
 from ..training.data import SyntheticSource
 from .bench import BenchOptions

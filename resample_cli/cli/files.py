@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from ..io.dicom_detect import is_extensionless_dicom
-from ..io.errors import InputError
-from ..io.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, image_size
+from ..fileio.dicom_detect import is_extensionless_dicom
+from ..fileio.errors import InputError
+from ..fileio.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, image_size
 from .options import CommonOptions
 
 IMAGE_INPUTS = IMAGE_SUFFIXES | ARRAY_SUFFIXES

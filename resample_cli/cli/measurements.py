@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import typer
 
-from ..io.atomic import atomic_path
-from ..io.ct import AIR_HU, equal_angles, hu_to_unit, read_angles_file, read_dicom_slice_facts
-from ..io.dicom_detect import looks_like_dicom
-from ..io.errors import InputError
-from ..io.images import LoadedImage, read_image, save_array, write_image
+from ..fileio.atomic import atomic_path
+from ..fileio.ct import AIR_HU, equal_angles, hu_to_unit, read_angles_file, read_dicom_slice_facts
+from ..fileio.dicom_detect import looks_like_dicom
+from ..fileio.errors import InputError
+from ..fileio.images import LoadedImage, read_image, save_array, write_image
 from ..operators import GaussianNoise, Inpainting, ParallelBeamCT, box_mask, random_mask
 from ..operators.base import Operator
 from .console import Output

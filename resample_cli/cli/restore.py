@@ -21,8 +21,8 @@ from rich.progress import Progress
 from .. import pipeline
 from ..devices import DeviceUnavailableError
 from ..devices import resolve_device as torch_device
-from ..io.errors import InputError
-from ..io.images import read_image, write_image
+from ..fileio.errors import InputError
+from ..fileio.images import read_image, write_image
 from ..messages import first_line
 from ..metrics import psnr, ssim
 from ..operators.base import Operator

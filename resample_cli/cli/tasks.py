@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import typer
 
-from ..io.ct import Sinogram, hu_to_unit, read_dicom_hu
-from ..io.dicom_detect import looks_like_dicom
-from ..io.errors import InputError
-from ..io.images import LoadedImage, load_array, read_image
+from ..fileio.ct import Sinogram, hu_to_unit, read_dicom_hu
+from ..fileio.dicom_detect import looks_like_dicom
+from ..fileio.errors import InputError
+from ..fileio.images import LoadedImage, load_array, read_image
 from ..operators import (
     BicubicDownsample,
     Blur,
@@ -176,7 +176,7 @@ def ct_measurement(
     noise: float | None,
     relative_noise: float | None,
 ) -> Measurement:
-    """The sinogram ``read`` reads (``io.ct.read_sinogram`` with the geometry options) and
+    """The sinogram ``read`` reads (``fileio.ct.read_sinogram`` with the geometry options) and
     its parallel-beam projector; the image is ``image_size`` (default: the detector count)
     wide. ``noise`` is --noise when given on the command line (else None); ``ct_noise_std``
     says which noise std wins, and the report says where it came from."""

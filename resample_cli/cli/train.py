@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 
 import typer
 
-from ..io.errors import InputError
+from ..fileio.errors import InputError
 from ..messages import format_duration
 from ..train_settings import RUN, SyntheticKind, TrainSettings
 from .options import COMMON, Device, Option, option, options_of, takes

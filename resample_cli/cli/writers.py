@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..io.ct import (
+from ..fileio.ct import (
     DerivedSeries,
     new_derived_series,
     read_ct_header,
@@ -16,8 +16,8 @@ from ..io.ct import (
     unit_to_hu,
     write_derived_dicom,
 )
-from ..io.errors import InputError
-from ..io.images import save_array, write_image
+from ..fileio.errors import InputError
+from ..fileio.images import save_array, write_image
 from .files import expand_inputs, stem_path
 from .options import CommonOptions
 

@@ -195,19 +195,19 @@ def diffpir(
     observed = operator.measurement_count(y) / y[0].numel()
     sigma = max(sigma_y, cfg.sigma_min)
     grid = diffpir_grid(prior, cfg)
-    with counting_operator_calls(operator, trace), trace.stage("total"), torch.no_grad():
+    with counting_operator_calls(operator, trace), trace.timed("total"), torch.no_grad():
         z = randn_like(torch.empty(y.shape[0], *prior.latent_shape(h, w), device=prior.device), generator)
         for i, step in enumerate(grid):
             a, a_next = step.abar, step.abar_next
             for u in range(cfg.inner_iters):
-                with trace.stage("sampling"):
+                with trace.timed("sampling"):
                     z0 = tweedie(z, net.eps(z, step.t), a)
-                with trace.stage("pixel"):
+                with trace.timed("pixel"):
                     x0 = data_step(operator, y, net.decode(z0), data_weight(a, cfg.lam, sigma), cfg)
                     rms = (per_sample_mse(operator(x0), y) / observed).sqrt().tolist()
                     trace.residual_per_dc_step.append(rms)
                     z0 = net.encode(x0)
-                with trace.stage("sampling"):
+                with trace.timed("sampling"):
                     z = renoise(z, z0, a, a_next, cfg.zeta, cfg.eta, generator)
                     if u + 1 < cfg.inner_iters:  # repeat the step: back from abar_next to abar_t
                         z = rediffuse(z, a_next, a, generator)

@@ -283,10 +283,10 @@ def _guided_ddim(
     y = operator.observed(y)
     observed = operator.measurement_count(y).to(y) / y[0].numel()
     grid = ddim_grid(prior, config.steps, config.grid)
-    with counting_operator_calls(operator, trace), trace.stage("total"):
+    with counting_operator_calls(operator, trace), trace.timed("total"):
         z = randn_like(torch.empty(n, *prior.latent_shape(h, w), device=prior.device), generator)
         for i, step in enumerate(grid):
-            with trace.stage("sampling"):
+            with trace.timed("sampling"):
                 z = _guided_step(net, operator, y, z, step, config, transpose, noise_std, generator)
             if callback is not None:
                 callback(StepInfo(i + 1, len(grid), step.t, None, None))

@@ -255,18 +255,18 @@ def resample(
         trace.dc_iterations.append(fit.iterations.tolist())
         return rms
 
-    with counting_operator_calls(operator, trace), trace.stage("total"):
+    with counting_operator_calls(operator, trace), trace.timed("total"):
         z = randn_like(torch.empty(n, *prior.latent_shape(h, w), device=prior.device), generator)
         for i, step in enumerate(grid):
-            with trace.stage("sampling"):
+            with trace.timed("sampling"):
                 z_prev, z0hat = _ddim_with_dps(net, operator, y, z, step, config, generator)
             residual = None
             stage = stages[i]
             if stage is not None:
                 if config.lookahead:
-                    with trace.stage("lookahead"):
+                    with trace.timed("lookahead"):
                         z0hat = _lookahead(net, z_prev, grid, i, config)
-                with trace.stage(stage):
+                with trace.timed(stage):
                     if stage == "pixel":
                         fit = _pixel_fit(operator, y, net.decode(z0hat), config, sigma_data, pixel_stop)
                         z0y = net.encode(fit.value)
@@ -283,13 +283,13 @@ def resample(
             if callback is not None:
                 callback(StepInfo(i + 1, len(grid), step.t, stage, residual))
         if config.final_consistency:
-            with trace.stage("final"):
+            with trace.timed("final"):
                 z = solve_latent(z).value
         with torch.no_grad():
             x = net.decode(z).clamp(0, 1)
             decoded = None
             if config.final_pixel_consistency and operator.linear:
-                with trace.stage("final_pixel"):
+                with trace.timed("final_pixel"):
                     decoded, x = x, _final_pixel_solve(operator, y, x, sigma_data, trace)
             trace.final_residual = (per_sample_mse(operator(x), y) / observed).sqrt().tolist()
     return Result(x, z, trace, decoded)

@@ -45,7 +45,7 @@ class Trace:
     final_pixel_lam: list[float | None] = field(default_factory=list)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def timed(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to ``timing[name]`` (synchronising CUDA)."""
         _sync()
         start = time.perf_counter()

@@ -9,7 +9,7 @@ A checkpoint folder holds
 - ``state.json``: the step counts, latent scale, timings, loss history, the run's settings
   and the networks' and scheduler's configs (enough to rebuild them without the base prior).
 
-It is written in a hidden temporary folder and renamed into place (``io.atomic.replace_folder``),
+It is written in a hidden temporary folder and renamed into place (``fileio.atomic.replace_folder``),
 so a folder named ``step-*`` is always complete: an interrupted save leaves the previous
 checkpoint intact.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io.atomic import replace_folder
+from ..fileio.atomic import replace_folder
 from .config import TrainingError
 from .models import plain_config
 

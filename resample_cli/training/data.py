@@ -10,7 +10,7 @@ drawn from a ``torch.Generator``, so a seed fixes the data stream.
 - ``dead_leaves``: the dead-leaves model: opaque disks of random colour fall one over
   another; radii follow the scale-invariant power law p(r) ∝ r^-3 on [r_min, r_max].
 - ``FolderSource``: images (via ``read_image``) and CT DICOM slices (HU through the HU
-  window of ``resample_cli.io.ct``), random square crops resized to the training resolution.
+  window of ``resample_cli.fileio.ct``), random square crops resized to the training resolution.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.ct import hu_to_unit, read_dicom_hu
-from ..io.errors import InputError
-from ..io.images import IMAGE_SUFFIXES, read_image
+from ..fileio.ct import hu_to_unit, read_dicom_hu
+from ..fileio.errors import InputError
+from ..fileio.images import IMAGE_SUFFIXES, read_image
 
 SyntheticKind = Literal["ellipses", "dead-leaves"]
 SYNTHETIC_KINDS: tuple[str, ...] = ("ellipses", "dead-leaves")

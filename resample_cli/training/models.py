@@ -10,7 +10,7 @@ from typing import Any
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 
-from ..io.atomic import replace_folder
+from ..fileio.atomic import replace_folder
 from ..priors import load_prior
 from ..priors.diffusers_prior import AUTOENCODER_CLASSES, Autoencoder
 from .config import BETA_END, BETA_SCHEDULE, BETA_START, TRAIN_TIMESTEPS, TrainConfig, TrainingError

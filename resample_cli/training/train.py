@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 
 from ..devices import DeviceUnavailableError, resolve_device
-from ..io.atomic import write_text_atomic
-from ..io.images import write_image
+from ..fileio.atomic import write_text_atomic
+from ..fileio.images import write_image
 from ..metrics import psnr
 from ..priors.diffusers_prior import downsample_factor, latent_channels, unscaled_latents
 from . import card

@@ -7,8 +7,8 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from resample_cli.io.atomic import atomic_path
-from resample_cli.io.ct import (
+from resample_cli.fileio.atomic import atomic_path
+from resample_cli.fileio.ct import (
     hu_to_unit,
     new_derived_series,
     read_ct_header,
@@ -17,8 +17,8 @@ from resample_cli.io.ct import (
     unit_to_hu,
     write_derived_dicom,
 )
-from resample_cli.io.errors import InputError
-from resample_cli.io.images import read_image, write_image
+from resample_cli.fileio.errors import InputError
+from resample_cli.fileio.images import read_image, write_image
 
 
 def test_8_and_16_bit_grey_and_rgb_images_read_into_unit_range(tmp_path):
