@@ -105,8 +105,8 @@ def _bisect(alphas, betas, beta0, r0, images, target_rms, m, log_lo, log_hi, bis
         return torch.einsum("nij,nj->ni", q, rhs / (eigenvalues + log_lam.exp()[:, None]))
 
     n = beta0.shape[0]
-    lo = torch.full((n,), float(log_lo), dtype=torch.float64)
-    hi = torch.full((n,), float(log_hi), dtype=torch.float64)
+    lo = torch.full((n,), float(log_lo), dtype=torch.float64, device=beta0.device)
+    hi = torch.full((n,), float(log_hi), dtype=torch.float64, device=beta0.device)
     for _ in range(bisections):
         mid = (lo + hi) / 2
         ok = _residual(solve(mid), r0, images, m) <= target_rms
