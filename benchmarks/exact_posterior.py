@@ -133,7 +133,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown solver(s) {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)  # the problems and the exact draws
+    # The solvers' draws come from their own generator, so the problems (prior, y, exact
+    # draws) do not depend on which solvers run or how many draws each makes.
+    solver_g = torch.Generator().manual_seed(args.seed + 1)
     prior = make_prior(args.components, args.decoder, g)
     directions = torch.randn(args.directions, D, generator=g, dtype=torch.float64)
     directions /= directions.norm(dim=1, keepdim=True)
@@ -169,7 +172,7 @@ def main() -> None:
             rows = [("exact", floor, "independent exact draws", time.perf_counter() - start, floor_resid)]
             ys = y.float().expand(n, -1).clone()
             for name in solvers:
-                z, label, seconds, resid = run_solver(name, ys, op, prior, sigma, args, g)
+                z, label, seconds, resid = run_solver(name, ys, op, prior, sigma, args, solver_g)
                 rows.append((name, to_image(prior, z), label, seconds, resid / sigma))
             for name, samples, label, seconds, resid in rows:
                 swd = sliced_w1(samples, reference, directions)
