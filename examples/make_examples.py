@@ -16,8 +16,8 @@ import torch
 from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
 
-from resample_cli.io.ct import equal_angles
-from resample_cli.io.images import write_image
+from resample_cli.fileio.ct import equal_angles
+from resample_cli.fileio.images import write_image
 from resample_cli.operators import ParallelBeamCT
 
 HERE = Path(__file__).parent
