@@ -36,6 +36,10 @@ CANDIDATES: dict[str, dict] = {
     "gamma=160": {"gamma": 160.0},
     "latent_iters=200": {"latent_iters": 200},
     "tau=0.9": {"tau": 0.9},
+    # Issue 20's budget (at most 30 decoder backward passes): every data-consistency step in
+    # pixel space, the final latent solve capped at 30 iterations, or none at all.
+    "pixel_fraction=1+latent_iters=30": {"pixel_fraction": 1.0, "latent_iters": 30},
+    "pixel_fraction=1+no_final_latent": {"pixel_fraction": 1.0, "final_consistency": False},
 }
 
 
