@@ -40,6 +40,18 @@ CANDIDATES: dict[str, dict] = {
     # pixel space, the final latent solve capped at 30 iterations, or none at all.
     "pixel_fraction=1+latent_iters=30": {"pixel_fraction": 1.0, "latent_iters": 30},
     "pixel_fraction=1+no_final_latent": {"pixel_fraction": 1.0, "final_consistency": False},
+    "pixel_fraction=1+latent_iters=30+latent_lr=3e-2": {
+        "pixel_fraction": 1.0,
+        "latent_iters": 30,
+        "latent_lr": 3e-2,
+    },
+    "pixel_fraction=1+latent_iters=30+dc_every=1": {"pixel_fraction": 1.0, "latent_iters": 30, "dc_every": 1},
+    "pixel_fraction=1+latent_iters=30+latent_lr=3e-2+dc_every=1": {
+        "pixel_fraction": 1.0,
+        "latent_iters": 30,
+        "latent_lr": 3e-2,
+        "dc_every": 1,
+    },
 }
 
 
