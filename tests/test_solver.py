@@ -241,3 +241,17 @@ def test_a_pixel_stage_reports_the_residual_of_the_latent_it_hands_on():
     )
     assert recorded and best_rms > 5 * sigma
     assert min(recorded) >= best_rms * (1 - 1e-4)
+
+
+def test_lean_preset_stays_within_its_network_budget():
+    """`lean`: at most 30 decoder backward passes and 50 UNet forwards per image, no UNet
+    backward, whatever the stopping rules do (here nothing stops the final solve early:
+    a zero-noise target on a problem with noise, and no plateau rule)."""
+    prior, op, y, sigma, *_ = _gaussian_problem()
+    n = 3
+    cfg = ReSampleConfig.preset("lean", tau=0.0, plateau=0)
+    r = resample(y.expand(n, -1).clone(), op, prior, cfg, sigma_y=sigma, image_size=(4, 4))
+    c = r.trace.counts
+    assert c["unet_forward"] == 50 * n and c["unet_backward"] == 0
+    assert c["decoder_backward"] == 30 * n  # the final latent solve, run to its cap
+    assert dc_schedule(cfg).count("latent") == 0
