@@ -32,7 +32,7 @@ import torch
 from resample_cli.operators import ParallelBeamCT
 from resample_cli.operators.matrix import MatrixOperator
 from resample_cli.priors.gaussian import GaussianMixturePrior
-from resample_cli.solvers import solver_named
+from resample_cli.solvers import solver_config, solver_named
 
 SIDE = 4
 D = SIDE * SIDE
@@ -92,6 +92,7 @@ def coverage(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.9)
 def run_solver(label, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, float, float]:
     """(latent samples, settings, seconds, mean final residual) of ``NAME:PRESET``."""
     name, _, preset = label.partition(":")
+    preset = preset or "fast"
     solve, config_class = solver_named(name)
     overrides = {}
     if name == "resample" and preset == "paper" and args.paper_steps:
@@ -120,7 +121,11 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.1], help="noise stds of y")
     parser.add_argument("--components", type=int, default=3, help="mixture components")
     parser.add_argument("--decoder", choices=["random", "identity"], default="random")
-    parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma-separated, from {SOLVERS}")
+    parser.add_argument(
+        "--solvers",
+        default=",".join(SOLVERS),
+        help=f"comma-separated NAME:PRESET (default {','.join(SOLVERS)})",
+    )
     parser.add_argument("--paper-steps", type=int, default=None, help="ReSample paper steps (default 500)")
     parser.add_argument("--dps-steps", type=int, default=None, help="Latent-DPS/PSLD steps (default: preset)")
     parser.add_argument("--zeta", type=float, default=None, help="Latent-DPS/PSLD step (default: preset)")
@@ -129,9 +134,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    unknown = sorted(set(solvers) - set(SOLVERS))
-    if unknown:
-        parser.error(f"unknown solver(s) {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
+    for label in solvers:  # NAME:PRESET of any registered solver and preset
+        name, _, preset = label.partition(":")
+        try:
+            solver_config(name, preset or "fast")
+        except ValueError as err:
+            parser.error(f"{label}: {err}")
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)  # the problems and the exact draws
     # The solvers' draws come from their own generator, so the problems (prior, y, exact
