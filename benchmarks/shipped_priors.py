@@ -117,7 +117,7 @@ def residual_ratio(operator: Operator, y: torch.Tensor, x: torch.Tensor, sigma: 
     """||y - A x|| / (sigma sqrt(m)), as the report's residual ratio."""
     with torch.no_grad():
         norm = float((y - operator(x)).norm())
-    return norm / (sigma * operator.measurement_count(y) ** 0.5)
+    return norm / (sigma * float(operator.measurement_count(y)[0]) ** 0.5)
 
 
 def measure(
