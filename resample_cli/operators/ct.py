@@ -185,7 +185,10 @@ def _bilinear(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torc
     # grid_sample with align_corners=True puts -1 and 1 on the centres of the first and last pixels.
     grid[..., 0] = col * (2 / max(w - 1, 1)) - 1
     grid[..., 1] = row * (2 / max(h - 1, 1)) - 1
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # Not cuDNN's sampler: its backward has no derivative, and the adjoint (an autograd VJP)
+    # must itself be differentiable for PSLD's gluing term (seen on an H200, 2026-11-30).
+    with torch.backends.cudnn.flags(enabled=False):
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _fourier_filter(size: int, name: str) -> torch.Tensor:
