@@ -7,9 +7,10 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
+from resample_cli.operators import ParallelBeamCT
 from resample_cli.operators.matrix import MatrixOperator
 from resample_cli.solvers.consistency import fit_pixels_discrepancy
-from resample_cli.solvers.krylov import discrepancy_tikhonov
+from resample_cli.solvers.krylov import discrepancy_tikhonov, tikhonov_by_discrepancy
 
 
 def dense_tikhonov(a: np.ndarray, y: np.ndarray, x0: np.ndarray, lam: float) -> np.ndarray:
@@ -81,3 +82,25 @@ def test_generic_operators_take_the_krylov_path_and_agree_with_bisection(problem
     # The fast path bisects lam 12 times, the Krylov path 30 times (no operator calls): its
     # residual sits on the target, the coarser one just below it.
     assert bool((krylov.rms <= targets * (1 + 1e-6)).all()) and bool((krylov.rms >= fast.rms).all())
+
+
+def test_a_sparse_view_ct_solve_meets_its_target_on_every_image():
+    """Regression: a Lanczos expansion of the residual lost orthogonality on this CT problem
+    and returned the smallest weight with twice the target residual for the second image.
+    The reference is independent: residuals computed from the returned images, and tightly
+    converged conjugate-gradient Tikhonov solves at the returned weight and just above it."""
+    op = ParallelBeamCT(30, 32)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 32, 32, generator=g)
+    y = op(x) + 0.005 * torch.randn(op(x).shape, generator=g)
+    x0 = x + 0.1 * torch.randn(x.shape, generator=g)
+    fit = tikhonov_by_discrepancy(op, y, x0, 0.005)
+
+    def residual(image: torch.Tensor) -> np.ndarray:
+        return (op(image) - y).pow(2).flatten(1).mean(1).sqrt().numpy()
+
+    np.testing.assert_allclose(residual(fit.x), 0.005, rtol=1e-3)
+    np.testing.assert_allclose(fit.rms.numpy(), residual(fit.x), rtol=1e-3)
+    reference = op.solve(y, x0, fit.lam, tol=1e-10, max_iter=2000)
+    assert float((fit.x - reference).abs().max()) < 1e-2
+    assert (residual(op.solve(y, x0, 1.1 * fit.lam, tol=1e-10, max_iter=2000)) > 0.005).all()

@@ -120,6 +120,43 @@ def test_adjoint_works_without_grad_and_is_differentiable() -> None:
     assert y.grad is not None
 
 
+def test_the_adjoint_differentiates_without_the_samplers_second_derivative(monkeypatch) -> None:
+    """CUDA's bilinear samplers have no derivative of their backward (PSLD on CT failed so on
+    an H200): with a sampler whose backward is once-differentiable, as there, the gradient
+    of ||A^T y||^2 is still 2 A A^T y."""
+    original = torch.nn.functional.grid_sample
+
+    class OnceDifferentiable(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, image, grid, *options):
+            ctx.save_for_backward(image, grid)
+            ctx.options = options
+            return original(image, grid, *options)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            image, grid = ctx.saved_tensors
+            with torch.enable_grad():
+                image, grid = (
+                    image.detach().requires_grad_(),
+                    grid.detach().requires_grad_(grid.requires_grad),
+                )
+                inputs = (image, grid) if grid.requires_grad else (image,)
+                grads = torch.autograd.grad(original(image, grid, *ctx.options), inputs, grad)
+            return (*grads, *[None] * (len(ctx.saved_tensors) - len(grads) + len(ctx.options)))
+
+    def sampler(image, grid, mode="bilinear", padding_mode="zeros", align_corners=None):
+        return OnceDifferentiable.apply(image, grid, mode, padding_mode, align_corners)
+
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", sampler)
+    op = ParallelBeamCT(5, 10)
+    y = torch.rand(2, 1, 5, 10, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(op.adjoint(y).square().sum(), y)
+    with torch.no_grad():
+        assert torch.allclose(grad, 2 * op(op.adjoint(y)), atol=1e-12)
+
+
 def test_params_and_angles() -> None:
     op = ParallelBeamCT(4, 16)
     assert op.angles_deg == [0.0, 45.0, 90.0, 135.0]

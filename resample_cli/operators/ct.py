@@ -86,16 +86,17 @@ class ParallelBeamCT(LinearOperator):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, (len(self.angles_deg), self.det_count), "sinogram")
+        return _Backprojection.apply(y, self)
+
+    def _backproject(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y. Projection is linear, so its vector-Jacobian product at any point is A^T y;
+        autograd is switched on here so that it also works under no_grad and inference_mode."""
         n, c = y.shape[:2]
-        # Projection is linear, so its vector-Jacobian product at any point is A^T y; autograd
-        # is switched on here so that the adjoint also works under no_grad and inference_mode.
         with torch.inference_mode(False), torch.enable_grad():
             x = y.new_zeros(n, c, self.image_size, self.image_size, requires_grad=True)
             back = None
             for part in self._chunks(self._elements_per_angle(n * c)):
-                (grad,) = torch.autograd.grad(
-                    self._project(x, part), x, y[:, :, part], create_graph=y.requires_grad
-                )
+                (grad,) = torch.autograd.grad(self._project(x, part), x, y[:, :, part].detach())
                 back = grad if back is None else back + grad
         return back
 
@@ -176,6 +177,21 @@ def _centred(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.float64, device=device) - n // 2
 
 
+class _Backprojection(torch.autograd.Function):
+    """y -> A^T y, whose own gradient is the projection A: differentiating the adjoint (as
+    PSLD's gluing term does) then needs no derivative of the bilinear sampler's backward,
+    which CUDA's samplers lack (seen on an H200, 2026-11-30)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, operator: ParallelBeamCT) -> torch.Tensor:
+        ctx.operator = operator
+        return operator._backproject(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.operator(grad), None
+
+
 def _bilinear(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``image`` (B, C, H, W) at pixel coordinates ``col``, ``row`` (B, h, w),
     zero outside the image: the interpolation of skimage's ``warp(order=1)``, and of
@@ -185,10 +201,7 @@ def _bilinear(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torc
     # grid_sample with align_corners=True puts -1 and 1 on the centres of the first and last pixels.
     grid[..., 0] = col * (2 / max(w - 1, 1)) - 1
     grid[..., 1] = row * (2 / max(h - 1, 1)) - 1
-    # Not cuDNN's sampler: its backward has no derivative, and the adjoint (an autograd VJP)
-    # must itself be differentiable for PSLD's gluing term (seen on an H200, 2026-11-30).
-    with torch.backends.cudnn.flags(enabled=False):
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _fourier_filter(size: int, name: str) -> torch.Tensor:
