@@ -73,12 +73,14 @@ class Case:
 class BenchSolver:
     """A named way from (case, y, operator, sigma_y) to an image (C, H, W) and its network
     pass counts. ``steps`` is the length of its progress (0: no steps); ``linear_only``
-    marks solvers that need a linear operator."""
+    marks solvers that need a linear operator; ``unavailable`` says why it cannot run at all
+    (PSLD on a pixel-space prior), empty when it can."""
 
     label: str
     run: Callable[[Case, torch.Tensor, Operator, float, StepCallback | None], tuple[torch.Tensor, Mapping]]
     steps: int = 0
     linear_only: bool = False
+    unavailable: str = ""
 
 
 @dataclass
@@ -140,16 +142,26 @@ def needs_prior(labels: Sequence[str]) -> bool:
 
 
 def build_solvers(
-    labels: Sequence[str], task: str, prior: LatentPrior | None, settings: BenchSettings
+    labels: Sequence[str],
+    task: str,
+    prior: LatentPrior | None,
+    settings: BenchSettings,
+    *,
+    model: str | None = None,
 ) -> list[BenchSolver]:
-    """The solvers ``parse_solvers`` labelled; ``prior`` is needed for diffusion ones."""
+    """The solvers ``parse_solvers`` labelled; ``prior`` is needed for diffusion ones. A
+    diffusion solver's label names the method it is on ``prior`` (``dps`` for Latent-DPS on
+    a pixel-space prior) and, given, ``model`` (``resample:fast@NAME``), for priors side by side."""
     out = []
     for label in labels:
         name, _, preset = label.partition(":")
         if name in DIFFUSION_SOLVERS:
             if prior is None:
                 raise ValueError(f"{label} needs a prior")
-            out.append(_diffusion(label, name, preset, prior, settings))
+            shown = f"{DIFFUSION_SOLVERS[name].name_on(prior.space)}:{preset}" + (
+                f"@{model}" if model else ""
+            )
+            out.append(_diffusion(shown, name, preset, prior, settings))
         else:
             out.append(BenchSolver(label, _classical(label, task, settings)))
     return out
@@ -176,7 +188,9 @@ def _diffusion(
         )
         return restoration.x, restoration.trace.counts
 
-    return BenchSolver(label, run, steps=config.steps, linear_only=DIFFUSION_SOLVERS[name].linear_only)
+    entry = DIFFUSION_SOLVERS[name]
+    unavailable = entry.refuses(True, prior.space) or ""
+    return BenchSolver(label, run, config.steps, entry.linear_only, unavailable)
 
 
 def _classical(label: str, task: str, settings: BenchSettings):
@@ -322,6 +336,8 @@ def run_bench(
             image = None
             if solver.linear_only and not operator.linear:
                 row.note = f"not applicable: {solver.label} needs a linear operator"
+            elif solver.unavailable:
+                row.note = f"not applicable: {solver.unavailable}"
             else:
                 on_step = on_start(case, solver) if on_start else None
                 try:

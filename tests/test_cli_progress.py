@@ -80,7 +80,7 @@ def test_the_bars_follow_a_solver_that_runs_more_steps_than_asked(config):
     the input in hand (two chunks of samples) becomes the solver's from its first step."""
     bars = restore._Bars(None, "deblur", inputs=1, config=config)
     assert bars.eta.kinds == [] and len(bars.schedule) == 3
-    bars.start_input("a.png", chunks=2)
+    bars.start_pass(["a.png"], chunks=2)
     for chunk in range(2):
         for step in range(1, 5):
             bars.step(chunk, StepInfo(step, 4, 0, None, None))
@@ -90,7 +90,7 @@ def test_the_bars_follow_a_solver_that_runs_more_steps_than_asked(config):
     else:
         assert bars.eta.kinds == [None] * 8
     bars.finish_input(restored=True)
-    bars.start_input("b.png", chunks=1)  # the next input starts with the solver's count
+    bars.start_pass(["b.png"], chunks=1)  # the next input starts with the solver's count
     assert len(bars.eta.kinds) == 4
 
 

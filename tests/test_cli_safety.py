@@ -335,7 +335,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_a_record_for_each_input_left(
 ):
     for name in ("a", "b", "c"):
         random_rgb(tmp_path / "in" / f"{name}.png")
-    real_restore = pipeline.restore
+    real_restore = pipeline.restore_batch
     calls = []
 
     def interrupted_at_the_second(*args, **kwargs):
@@ -344,7 +344,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_a_record_for_each_input_left(
             raise KeyboardInterrupt
         return real_restore(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "restore", interrupted_at_the_second)
+    monkeypatch.setattr(pipeline, "restore_batch", interrupted_at_the_second)
     out = tmp_path / "out"
     r = cli("deblur", tmp_path / "in", *BLUR, "-o", out, "--json", *model_args, expect=130)
     assert "1 written, 0 skipped, 0 failed; interrupted with 2 not restored" in r.stderr

@@ -6,6 +6,7 @@ ran and with what settings, not the image."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 from conftest import files_in, load_report, plain, random_rgb
@@ -161,6 +162,10 @@ def test_the_report_names_the_solver_of_its_config_unless_told(tmp_path):
     class Prior:
         info = type("Info", (), {"name": "m", "repo": None, "revision": None, "path": None})
         device = "cpu"
+        space = "latent"
+
+        def conditioning(self):
+            return None
 
     class Operator:
         def params(self):
@@ -189,7 +194,10 @@ def test_bench_takes_the_registry_names():
         bench.parse_solvers("dps", "deblur")
     assert bench.DIFFUSION_SOLVERS is solvers.SOLVERS
     built = bench.build_solvers(
-        ["psld:fast", "latent-dps:fast"], "deblur", object(), bench.BenchSettings(steps=2)
+        ["psld:fast", "latent-dps:fast"],
+        "deblur",
+        SimpleNamespace(space="latent"),
+        bench.BenchSettings(steps=2),
     )
     assert [(s.label, s.steps, s.linear_only) for s in built] == [
         ("psld:fast", 2, True),

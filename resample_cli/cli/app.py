@@ -169,7 +169,8 @@ def nonlinear_deblur(call: TaskCall) -> int:
 @restoring_command(
     "ct",
     "Reconstruct sparse-view parallel-beam CT from sinograms (.npy 2-D, or .npz with 'sinogram' and optional "
-    "'angles').",
+    "'angles'), or volumes of them: a 3-D .npy/.npz (slices, angles, detectors) or a folder of DICOM sinograms "
+    "of one series.",
 )
 def ct(call: TaskCall) -> int:
     options = call.options
@@ -207,12 +208,16 @@ def ct(call: TaskCall) -> int:
     image_size = options["image_size"]
 
     def restored_size(path: Path) -> tuple[int, int]:
-        size = image_size or read(path).data.shape[1]
+        size = image_size or read(path).data.shape[-1]
         return size, size
 
     # Reading each sinogram (numpy only) finds missing angles or a wrong layout before any model loads.
     checks = TaskChecks(
-        restored_size=restored_size, reference_size=clean_ct_size, check_input=read, reads=call.files
+        restored_size=restored_size,
+        reference_size=clean_ct_size,
+        check_input=read,
+        reads=call.files,
+        series=True,
     )
     writer = CTWriter(templates)
     batch = plan_batch("ct", call.inputs, SINOGRAM_INPUTS, writer, call.common, checks)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from ..distributed import launched, share
 from ..fileio.errors import InputError
 from ..fileio.images import image_size
 from .console import Output
@@ -23,7 +24,7 @@ from .files import (
     match_by_name,
     stem_path,
 )
-from .options import CommonOptions, require_existing
+from .options import CommonOptions, parse_shard, require_existing
 from .writers import Writer
 
 Size = tuple[int, int]  # (H, W)
@@ -57,6 +58,8 @@ class TaskChecks:
     check_input: Callable[[Path], None] | None = None
     # The files the task's options name, by option ("--mask": path): no output may replace one.
     reads: dict[str, Path | None] = field(default_factory=dict)
+    # Whether a folder of DICOM files is one input (a CT volume's series), not its files.
+    series: bool = False
 
 
 @dataclass
@@ -84,19 +87,45 @@ class Batch:
                 out.error(planned.error)
                 out.record({"input": str(planned.source), "status": "failed", "error": planned.error})
 
-    def count_line(self, written: int, failed: int) -> str:
-        return f"{written} written, {sum(p.skip for p in self.inputs)} skipped, {failed} failed"
+    @property
+    def skipped(self) -> int:
+        return sum(p.skip for p in self.inputs)
 
-    def summarise(self, out: Output, written: int = 0, failures: list[str] | None = None) -> int:
-        """The closing line and the list of failed inputs; the exit code (0, or 1 if any failed)."""
+    def count_line(self, written: int, failed: int, skipped: int | None = None) -> str:
+        skipped = self.skipped if skipped is None else skipped
+        return f"{written} written, {skipped} skipped, {failed} failed"
+
+    def summarise(
+        self, out: Output, written: int = 0, failures: list[str] | None = None, listed: bool = True
+    ) -> int:
+        """The closing line and (``listed``) the list of failed inputs; the exit code (0, or
+        1 if any failed). Under torchrun, of every rank's share: rank 0 prints them, and
+        every rank exits 1 if any rank failed an input."""
         failed = self.failures + (failures or [])
-        out.log(self.count_line(written, len(failed)))
-        return out.summary(failed)
+        skipped = self.skipped
+        launch = launched()
+        if launch is not None:
+            from ..distributed import gather, leave
+
+            ranks = gather((written, skipped, failed))
+            leave()
+            written, skipped = sum(r[0] for r in ranks), sum(r[1] for r in ranks)
+            failed = [line for r in ranks for line in r[2]]
+            if launch.rank != 0:
+                return 1 if failed else 0
+        out.log(self.count_line(written, len(failed), skipped))
+        return out.summary(failed) if listed else int(bool(failed))
 
     def finish_without_model(self) -> int:
         """End a batch that has nothing to restore (every input skipped or refused)."""
         out = Output(quiet=self.common.quiet, json_lines=self.common.json)
         self.report_planned(out)
+        launch = launched()
+        if launch is not None:  # the ranks that have work wait for this one's summary
+            from ..devices import resolve_device
+            from ..distributed import join
+
+            join(launch, resolve_device(self.common.device))
         return self.summarise(out)
 
 
@@ -111,12 +140,14 @@ def plan_batch(
     """Expand the inputs and decide what becomes of each from the files alone.
     Usage errors (exit 2): --skip-existing with --overwrite, a --reference that names
     nothing, no input files at all, an output that would replace a file the command
-    reads, two inputs with one output name."""
+    reads, two inputs with one output name, --shard under torchrun. Only this process's
+    share of the inputs (``input_share``) is planned further."""
     checks = checks or TaskChecks()
+    share_of = input_share(common.shard)
     if common.skip_existing and common.overwrite:
         raise typer.BadParameter("--skip-existing and --overwrite exclude each other")
     require_existing(common.reference, "--reference")
-    sources = expand_required(inputs, suffixes)
+    sources = expand_required(inputs, suffixes, checks.series)
     planned = [
         PlannedInput(source, {**writer.paths(source, common), **auxiliary_paths(source, common)})
         for source in sources
@@ -125,10 +156,26 @@ def plan_batch(
         [(p.source, p.outputs.values()) for p in planned],
         [("--reference", common.reference), *checks.reads.items()],
     )
+    if share_of is not None:
+        planned = share(planned, *share_of, key=lambda p: str(p.source))
     reference_suffixes = sorted(suffixes | REFERENCE_SUFFIXES)
     for p in planned:
         _preflight(p, common, checks, reference_suffixes)
     return Batch(task, writer, common, planned)
+
+
+def input_share(shard: str | None) -> tuple[int, int] | None:
+    """(index, count) of this process's share of the inputs: its torchrun rank's, or
+    --shard's; None for all of them. --shard under torchrun is a usage error."""
+    launch = launched()
+    if launch is None:
+        return None if shard is None else parse_shard(shard)
+    if shard is not None:
+        raise typer.BadParameter(
+            "under torchrun the ranks share the inputs already; give --shard to separate runs only",
+            param_hint="--shard",
+        )
+    return launch.rank, launch.world_size
 
 
 def _preflight(

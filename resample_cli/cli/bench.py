@@ -121,8 +121,20 @@ class BenchOptions:
         help="Weight lam of ||x - 0.5||^2 in tikhonov (deblur, inpaint).",
         rich_help_panel=SOLVERS,
     )
-    model: str | None = COMMON["model"].as_field()
+    model: str | None = (
+        COMMON["model"]
+        .but(
+            help="Prior(s) of the diffusion solvers: a registry name, Hub repo id or folder; several, "
+            "comma-separated, run side by side (e.g. a latent and a pixel-space prior), each row naming its "
+            "model. [default: the task's default model]"
+        )
+        .as_field()
+    )
     revision: str | None = COMMON["revision"].as_field()
+    prompt: str = COMMON["prompt"].as_field()
+    negative_prompt: str = COMMON["negative_prompt"].as_field()
+    guidance_scale: float = COMMON["guidance_scale"].as_field()
+    gradient_checkpointing: bool = COMMON["gradient_checkpointing"].as_field()
     device: Device = COMMON["device"].as_field()
     dtype: DType = COMMON["dtype"].as_field()
     output_dir: Path = (

@@ -5,6 +5,7 @@ the solvers and the priors."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +32,10 @@ from ..bench import (
 from ..fileio.errors import InputError
 from ..fileio.images import LoadedImage, write_image
 from ..priors import LatentPrior, PriorError, load_prior
+from ..priors.text import Prompt, TextConditionedPrior
 from ..training.data import SyntheticSource
 from .bench import BenchOptions
+from .conditioning import chosen_prompt, ready_prior
 from .console import Output
 from .files import check_output_dir, clean_inputs, expand_inputs
 from .measurements import Maker, measure, measurement_maker, noise_generator, read_clean
@@ -40,23 +43,31 @@ from .options import DEFAULT_MODELS, DEFAULT_NOISE
 from .restore import resolve_device
 
 OUTPUTS = ("bench.md", "bench.csv")
+_FILE_UNSAFE = re.compile(r"[^\w.@-]+")  # in a solver label, what may not go into a file name
 
 
 def run_benchmark(task: str, task_options: Mapping[str, Any], options: BenchOptions) -> int:
     """Run the benchmark ``resample bench`` describes; the exit code. Each image's operator
     is made from ``task_options`` as ``resample simulate TASK`` makes it."""
     labels = _solver_labels(task, options)
+    prompt = chosen_prompt(options.prompt, options.negative_prompt, options.guidance_scale)
     make = measurement_maker(task, task_options)
     device = resolve_device(options.device)
     out = Output(quiet=options.quiet)
     targets = [options.output_dir / name for name in OUTPUTS]
     relative_noise = task_options["relative_noise"]
+    dtype = options.dtype.value
+    autocast = None if dtype == "float32" else getattr(torch, dtype)
+    settings = BenchSettings(options.steps, options.seed, autocast, options.tv_weight, options.tikhonov_lam)
     try:
         check_output_dir(options.output_dir)
         _refuse_existing(targets, options.overwrite)
-        prior, images, source = _images_and_prior(task, labels, options, device, out)
+        priors, images, source = _images_and_priors(task, labels, options, device, out)
+        _ready_priors(priors, prompt, options.gradient_checkpointing)
         sigma_y = DEFAULT_NOISE[task] if options.noise is None else options.noise
         cases = [_case(image, make, sigma_y, relative_noise, options.seed) for image in images]
+        bench_solvers = _bench_solvers(labels, task, priors, settings)
+        labels = [solver.label for solver in bench_solvers]
         saved = _image_paths(options.output_dir, cases, labels) if options.save_images else {}
         _refuse_existing(saved.values(), options.overwrite)
         if saved:
@@ -64,10 +75,6 @@ def run_benchmark(task: str, task_options: Mapping[str, Any], options: BenchOpti
     except (InputError, PriorError) as err:
         out.error(str(err))
         raise typer.Exit(1) from None
-    dtype = options.dtype.value
-    autocast = None if dtype == "float32" else getattr(torch, dtype)
-    settings = BenchSettings(options.steps, options.seed, autocast, options.tv_weight, options.tikhonov_lam)
-    bench_solvers = build_solvers(labels, task, prior, settings)
     lpips, lpips_note = load_lpips(device)
     try:
         rows, failures = _run(out, task, cases, bench_solvers, device, lpips, saved)
@@ -79,7 +86,7 @@ def run_benchmark(task: str, task_options: Mapping[str, Any], options: BenchOpti
         sigmas = [case.sigma_y for case in cases]
         noise_line = f"{relative_noise:g} of each sinogram's maximum ({min(sigmas):.4g} to {max(sigmas):.4g})"
     lines = _settings(
-        task, cases, prior, source, noise_line, options.seed, labels, options.steps, device, dtype
+        task, cases, priors, source, noise_line, options.seed, labels, options.steps, device, dtype
     )
     info = TableInfo(device, lpips_note, lines)
     write_csv(targets[1], rows, info)
@@ -102,24 +109,49 @@ def _solver_labels(task: str, options: BenchOptions) -> list[str]:
     return labels
 
 
-def _images_and_prior(
+def _images_and_priors(
     task: str, labels: list[str], options: BenchOptions, device: torch.device, out: Output
-) -> tuple[LatentPrior | None, list[LoadedImage], str]:
-    """The prior the solvers need (None for classical ones only), the clean images, and a
-    line saying where these came from. --data is read before the model loads: a bad file
-    needs no model to be found; --synthetic images take the prior's size without --size."""
+) -> tuple[dict[str, LatentPrior], list[LoadedImage], str]:
+    """The priors the solvers need, by --model's names (none for classical solvers only),
+    the clean images, and a line saying where these came from. --data is read before the
+    models load: a bad file needs no model to be found; --synthetic images take the first
+    prior's size without --size."""
     if options.data is not None:
         images, source = _read_images(task, options.data)
-    prior = None
+    priors = {}
     if needs_prior(labels):
-        spec = options.model or DEFAULT_MODELS[task]
-        out.log(f"loading model {spec} on {device}")
-        prior = load_prior(spec, revision=options.revision, device=device)
+        for spec in (options.model or DEFAULT_MODELS[task]).split(","):
+            out.log(f"loading model {spec} on {device}")
+            priors[spec] = load_prior(spec, revision=options.revision, device=device)
     if options.data is None:
+        first = next(iter(priors.values()), None)
         images, source = _synthetic_images(
-            task, options.synthetic, options.n, options.size, options.seed, prior
+            task, options.synthetic, options.n, options.size, options.seed, first
         )
-    return prior, images, source
+    return priors, images, source
+
+
+def _ready_priors(priors: dict[str, LatentPrior], prompt: Prompt, gradient_checkpointing: bool) -> None:
+    """The prompt goes to the text-conditioned priors, the others run unconditioned; a
+    prompt with none to take it is a PriorError."""
+    text = [spec for spec, prior in priors.items() if isinstance(prior, TextConditionedPrior)]
+    if priors and not text and not prompt.unconditional:
+        ready_prior(next(iter(priors.values())), prompt, gradient_checkpointing)  # raises, naming the model
+    for spec, prior in priors.items():
+        ready_prior(prior, prompt if spec in text else Prompt(), gradient_checkpointing)
+
+
+def _bench_solvers(labels: list[str], task: str, priors: dict[str, LatentPrior], settings) -> list:
+    """Each diffusion solver on each prior (labelled with the model when there are several),
+    then the classical solvers."""
+    diffusion = [label for label in labels if needs_prior([label])]
+    classical = [label for label in labels if label not in diffusion]
+    several = len(priors) > 1
+    built = []
+    for spec, prior in priors.items():
+        model = spec.rstrip("/").split("/")[-1] if several else None
+        built += build_solvers(diffusion, task, prior, settings, model=model)
+    return built + build_solvers(classical, task, None, settings)
 
 
 def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], list[str]]:
@@ -197,19 +229,15 @@ def _case(image: LoadedImage, make: Maker, noise: float, relative_noise: float |
 def _image_paths(output_dir: Path, cases: list[Case], labels: list[str]) -> dict[tuple[str, str], Path]:
     folder = output_dir / "images"
     return {
-        (case.name, label): folder / f"{Path(case.name).stem}.{label.replace(':', '-')}.png"
+        (case.name, label): folder / f"{Path(case.name).stem}.{_FILE_UNSAFE.sub('-', label)}.png"
         for case in cases
         for label in labels
     }
 
 
-def _settings(task, cases, prior, source, noise, seed, labels, steps, device, dtype) -> dict[str, str]:
+def _settings(task, cases, priors, source, noise, seed, labels, steps, device, dtype) -> dict[str, str]:
     """The lines above the tables: enough to run the benchmark again."""
-    if prior is None:
-        model = "none (classical solvers only)"
-    else:
-        info = prior.info
-        model = f"{info.name} (repo {info.repo}, revision {info.revision})" if info.repo else info.name
+    model = "; ".join(_model_line(prior) for prior in priors.values()) or "none (classical solvers only)"
     return {
         "resample": __version__,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -222,3 +250,18 @@ def _settings(task, cases, prior, source, noise, seed, labels, steps, device, dt
         "model": model,
         "device": f"{device}, {dtype}",
     }
+
+
+def _model_line(prior: LatentPrior) -> str:
+    """A prior's name, source, kind (latent or pixel-space) and conditioning."""
+    info = prior.info
+    line = f"{info.name} (repo {info.repo}, revision {info.revision})" if info.repo else info.name
+    line += f", {prior.space}-space"
+    conditioning = prior.conditioning()
+    if conditioning is not None:
+        line += f", prompt {conditioning['prompt']!r}"
+        if conditioning["guidance_scale"] != 1:
+            line += (
+                f", negative {conditioning['negative_prompt']!r}, guidance {conditioning['guidance_scale']:g}"
+            )
+    return line

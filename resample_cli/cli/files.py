@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from ..fileio.ct import is_sinogram_series
 from ..fileio.dicom_detect import is_extensionless_dicom
 from ..fileio.errors import InputError
 from ..fileio.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, image_size
@@ -30,15 +31,18 @@ def clean_inputs(task: str) -> set[str]:
     return CT_INPUTS if task == "ct" else IMAGE_INPUTS
 
 
-def expand_inputs(items: Iterable[str | Path], suffixes: set[str]) -> list[Path]:
+def expand_inputs(items: Iterable[str | Path], suffixes: set[str], series: bool = False) -> list[Path]:
     """Files as given; folders as their files with one of ``suffixes`` (sorted, not
-    recursive), leaving out this tool's own outputs; patterns with * ? [ that the shell
-    left unexpanded, globbed. A path that exists nowhere is kept, so that reading it
-    reports it as missing. A file named twice is taken once."""
+    recursive), leaving out this tool's own outputs, or with ``series`` a folder of DICOM
+    files as itself (one series: a volume); patterns with * ? [ that the shell left
+    unexpanded, globbed. A path that exists nowhere is kept, so that reading it reports it
+    as missing. A file named twice is taken once."""
     out: list[Path] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        if series and is_sinogram_series(path):
+            out.append(path)
+        elif path.is_dir():
             out += _folder_inputs(path, suffixes)
         elif not path.exists() and any(c in str(item) for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(item)))
@@ -48,9 +52,9 @@ def expand_inputs(items: Iterable[str | Path], suffixes: set[str]) -> list[Path]
     return _each_once(out)
 
 
-def expand_required(items: Iterable[str | Path], suffixes: set[str]) -> list[Path]:
+def expand_required(items: Iterable[str | Path], suffixes: set[str], series: bool = False) -> list[Path]:
     """``expand_inputs``, where finding no input at all is a usage error (exit 2)."""
-    sources = expand_inputs(items, suffixes)
+    sources = expand_inputs(items, suffixes, series)
     if not sources:
         outputs = sum(len(tool_outputs(Path(i))) for i in items if Path(i).is_dir())
         why = f" (left out: {outputs} output(s) of resample, each with its NAME.report.json beside it)"
@@ -97,11 +101,11 @@ def _matches(path: Path, suffixes: set[str]) -> bool:
 
 
 def check_input_file(path: Path) -> None:
-    """Fail with one line if ``path`` is not a file this process can read: what can be
-    known without decoding it (its contents are checked when it is read)."""
+    """Fail with one line if ``path`` is not a file (or a series' folder) this process can
+    read: what can be known without decoding it (its contents are checked when it is read)."""
     if not path.exists():
         raise InputError(path, "no such file")
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise InputError(path, "not a file")
     if not os.access(path, os.R_OK):
         raise InputError(path, "not readable (permission denied)")

@@ -45,7 +45,7 @@ def list_models(
 ) -> None:
     """List the registry's models and whether each is available offline."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from ..priors import load_registry
 
@@ -56,7 +56,9 @@ def list_models(
             json.dumps({name: {**_entry_dict(e), "cached": _cached(name)} for name, e in entries.items()})
         )
         return
-    table = Table("name", "kind", "source", "resolution", "channels", "available offline at")
+    table = Table("kind", "source", "resolution", "channels", "available offline at")
+    # The names are what --model takes: never cut, the other columns give way.
+    table.columns.insert(0, Column("name", min_width=max(map(len, entries), default=4), no_wrap=True))
     for name, e in entries.items():
         table.add_row(
             name,
@@ -80,6 +82,7 @@ def info(name: Annotated[str, typer.Argument(help="Registry name.")]) -> None:
         entry = get_entry(name)
     for key, value in {
         **_entry_dict(entry),
+        "pinned": _pinned(entry),
         "cached": _cached(name),
         "hub_cache": constants.HF_HUB_CACHE,
     }.items():
@@ -106,6 +109,7 @@ def _entry_dict(entry) -> dict:
         "kind": entry.kind,
         "repo": entry.repo,
         "revision": entry.revision,
+        "pinned": entry.pinned,
         "path": None if entry.path is None else str(entry.path),
         "latent_scale": entry.latent_scale,
         "resolution": entry.resolution,
@@ -113,3 +117,12 @@ def _entry_dict(entry) -> dict:
         "license": entry.license,
         "description": entry.description,
     }
+
+
+def _pinned(entry) -> str | None:
+    """Whether the entry names one commit; a branch may move, so what it loads can change."""
+    if entry.pinned is None:
+        return None
+    if entry.pinned:
+        return "yes"
+    return f"no: the branch {entry.revision or 'main'} (its commit could not be confirmed); pass --revision COMMIT to fix one"

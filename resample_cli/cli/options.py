@@ -229,6 +229,19 @@ def odd(value: int) -> None:
         raise ValueError(f"must be odd, got {value}")
 
 
+def check_shard(value: str | None) -> None:
+    if value is not None:
+        parse_shard(value)
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """--shard K/N as (K - 1, N): the 0-based index of the share and the number of shares."""
+    k, sep, n = value.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"{value!r} is not K/N with 1 <= K <= N (e.g. 2/4)")
+    return int(k) - 1, int(n)
+
+
 def require_existing(path: Path | None, param_hint: str) -> None:
     """A file or folder option that names nothing is a usage error, found before any work."""
     if path is not None and not path.exists():
@@ -244,6 +257,7 @@ def check_one_noise(given: set[str], relative_noise: float | None) -> None:
 
 
 COMMON_PANEL = "Common options"
+PROMPT_PANEL = "Text-conditioned models"
 # --noise's meaning wherever a command takes it; the restoring commands say more.
 NOISE_HELP = "Measurement noise std sigma_y in [0, 1] image units (CT: sinogram units)."
 
@@ -262,6 +276,32 @@ class CommonOptions:
     revision: str | None = declared(
         None,
         help="Hub revision (commit, branch or tag) of --model; default: the registry's pinned commit.",
+        rich_help_panel=COMMON_PANEL,
+    )
+    prompt: str = declared(
+        "",
+        help="For a text-conditioned --model (Stable Diffusion layout): a prompt describing the image, e.g. "
+        "'a photo of a dog on grass'; embedded once per run. [default: the empty prompt]",
+        show_default=False,
+        rich_help_panel=PROMPT_PANEL,
+    )
+    negative_prompt: str = declared(
+        "",
+        help="What the image is not, for classifier-free guidance (needs --guidance-scale above 1).",
+        show_default=False,
+        rich_help_panel=PROMPT_PANEL,
+    )
+    guidance_scale: float = declared(
+        1.0,
+        min=1.0,
+        help="Classifier-free guidance w: eps = eps(negative) + w (eps(prompt) - eps(negative)). 1 is none, "
+        "one UNet pass per step; above 1 each step takes two.",
+        rich_help_panel=PROMPT_PANEL,
+    )
+    gradient_checkpointing: bool = declared(
+        False,
+        help="Recompute the networks' activations in backward passes instead of keeping them (diffusers' own "
+        "switch): the same result in less memory and more time, e.g. Stable Diffusion's decoder at 512x512.",
         rich_help_panel=COMMON_PANEL,
     )
     solver: Solver = declared(
@@ -293,7 +333,8 @@ class CommonOptions:
     seed: int = declared(
         0,
         min=0,
-        help="Random seed: same seed, input, model and device give the same output.",
+        help="Random seed: same seed, input name, model and device give the same output, whatever "
+        "--batch-size, the order of the inputs, --shard or torchrun.",
         rich_help_panel=COMMON_PANEL,
     )
     samples: int = declared(
@@ -306,7 +347,16 @@ class CommonOptions:
     batch_size: int | None = declared(
         None,
         min=1,
-        help="Samples run together in one batch. [default: all --samples at once]",
+        help="Samples run together in one solver call: inputs of one shape and forward model share a call, "
+        "B // --samples of them (or one input in calls of B samples). Results do not depend on it. "
+        "[default: --samples, one input at a time]",
+        rich_help_panel=COMMON_PANEL,
+    )
+    shard: str | None = declared(
+        None,
+        check=check_shard,
+        help="K/N: restore only the K-th of N shares of the sorted inputs (K = 1..N), e.g. one job of a SLURM "
+        "array each. Under torchrun each rank takes its share by itself.",
         rich_help_panel=COMMON_PANEL,
     )
     device: Device = declared(

@@ -1,12 +1,16 @@
-"""The batch loop shared by the restoring commands: one input at a time, outputs
-written atomically, failures collected and reported at the end.
+"""The batch loop shared by the restoring commands: inputs of one shape and forward
+model restored together (--batch-size samples per solver call), outputs written
+atomically, failures collected and reported at the end.
 
 Imported only once a command has work to do (it imports torch and the priors); the
 batch is planned, and the errors that need no model reported, in ``batch``."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Hashable
@@ -21,6 +25,7 @@ from rich.progress import Progress
 from .. import pipeline
 from ..devices import DeviceUnavailableError
 from ..devices import resolve_device as torch_device
+from ..distributed import join, launched
 from ..fileio.errors import InputError
 from ..fileio.images import read_image, write_image
 from ..messages import first_line
@@ -32,6 +37,7 @@ from ..report import plot_residuals, write_report
 from ..solvers import SolverConfig, solver_config, solver_entry, solver_named
 from ..solvers.resample import ReSampleConfig, StepInfo, dc_schedule
 from .batch import Batch, PlannedInput
+from .conditioning import chosen_prompt, ready_prior
 from .console import Output, ScheduleEta, batch_remaining
 from .files import check_output_dir
 from .fit import warn_if_poor_fit
@@ -100,7 +106,11 @@ def run_restore(
     partial outputs."""
     common = batch.common
     solver = chosen_solver(common)
+    prompt = chosen_prompt(common.prompt, common.negative_prompt, common.guidance_scale)
     device = resolve_device(common.device)
+    launch = launched()
+    if launch is not None:
+        device = join(launch, device)
     _set_threads(common.threads)
     out = Output(quiet=common.quiet, json_lines=common.json)
     tally = _Tally(pending=list(batch.to_restore))
@@ -109,6 +119,7 @@ def run_restore(
         try:
             check_output_dir(common.output_dir)
             prior = _load_model(batch, device, out)
+            ready_prior(prior, prompt, common.gradient_checkpointing, solver.name)
         except (InputError, PriorError) as err:  # every input fails: one error line, one record each
             return _fail_all(batch, out, tally, str(err))
         return _BatchRun(batch, prepare, read_reference, prior, out, tally, solver).run()
@@ -158,9 +169,8 @@ def _fail_all(batch: Batch, out: Output, tally: _Tally, message: str) -> int:
     """End a batch that a problem of no one input stopped (the model, the output folder):
     one error line, a "failed" record for each input, the closing line; exit code 1."""
     out.error(message)
-    failed = len(batch.failures) + tally.close_pending(out, message)
-    out.log(batch.count_line(tally.written, failed))
-    return 1
+    failed = tally.close_pending(out, message)
+    return batch.summarise(out, tally.written, [message] * failed, listed=False)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -184,8 +194,34 @@ def _load_model(batch: Batch, device: torch.device, out: Output) -> LatentPrior:
 
 
 @dataclass
+class _Prepared:
+    """An input read and checked, waiting for the others of its pass."""
+
+    planned: PlannedInput
+    measurement: Measurement
+    reference: np.ndarray | None
+    sigma_y: float
+
+    @property
+    def slices(self) -> int:
+        """The images this input restores: a volume's slices, else one."""
+        return self.measurement.y.shape[0]
+
+    def problems(self, seed: int, samples: int) -> list[pipeline.Problem]:
+        """One problem per slice; a volume's slice i draws as the input named NAME#i."""
+        name, y = self.planned.source.name, self.measurement.y
+        names = [name] if self.slices == 1 else [f"{name}#{i}" for i in range(self.slices)]
+        return [
+            pipeline.Problem(y[i : i + 1], pipeline.sample_generators(seed, n, samples))
+            for i, n in enumerate(names)
+        ]
+
+
+@dataclass
 class _BatchRun:
-    """The loop over the inputs to restore, once the model is loaded."""
+    """The loop over the inputs to restore, once the model is loaded: inputs of one
+    shape and forward model (``_pass_key``) are restored together, ``--batch-size``
+    samples of them per solver call."""
 
     batch: Batch
     prepare: Callable[[Path], Measurement]
@@ -205,48 +241,94 @@ class _BatchRun:
     def config(self) -> SolverConfig:
         return self.solver.config
 
+    @property
+    def rows_per_call(self) -> int:
+        """Samples (of one input or several) per solver call."""
+        return self.batch.common.batch_size or self.batch.common.samples
+
     def run(self) -> int:
         to_restore = self.batch.to_restore
+        images_per_pass = max(1, self.rows_per_call // self.batch.common.samples)
+        waiting: dict[Hashable, list[_Prepared]] = {}  # by _pass_key, each fewer images than a pass
         with self.out.progress() as bar:
             self.bars = _Bars(bar, self.batch.task, len(to_restore), self.config)
             for planned in to_restore:
-                try:
-                    report = self.restore_one(planned)
-                except (InputError, ValueError) as err:
-                    message = str(err) if isinstance(err, InputError) else f"{planned.source}: {err}"
-                    self.tally.fail(self.out, planned, message)
-                    self.bars.finish_input(restored=False)
-                else:
-                    self.tally.wrote(self.out, planned, report)
-                    self.bars.finish_input(restored=True)
+                prepared = self.prepare_one(planned)
+                if prepared is None:
+                    continue
+                key = _pass_key(prepared)
+                group = waiting.setdefault(key, [])
+                group.append(prepared)
+                if sum(p.slices for p in group) >= images_per_pass:
+                    self.restore_pass(waiting.pop(key))
+            for group in waiting.values():
+                self.restore_pass(group)
         return self.batch.summarise(self.out, self.tally.written, self.tally.failures)
 
-    def restore_one(self, planned: PlannedInput) -> dict:
-        """Restore one input and write its outputs; return its report."""
-        common, source = self.batch.common, planned.source
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            measurement = self.prepare(source)
-        for w in caught:
-            self.out.warn(str(w.message))
-        _check_shapes(source, measurement)
-        reference = None if planned.reference is None else self.read_reference(planned.reference)
-        self.bars.start_input(source.name, chunks=-(-common.samples // (common.batch_size or common.samples)))
-        result = pipeline.restore(
-            measurement.y,
-            measurement.operator,
-            self.prior,
-            self.config,
-            image_shape=measurement.image_shape,
-            sigma_y=common.noise if measurement.sigma_y is None else measurement.sigma_y,
-            seed=common.seed,
-            samples=common.samples,
-            batch_size=common.batch_size,
-            autocast=self.autocast,
-            callback=self.bars.step,
-            solver=self.solver.solve,
+    def prepare_one(self, planned: PlannedInput) -> _Prepared | None:
+        """Read and check one input, or report it failed (None)."""
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                measurement = self.prepare(planned.source)
+            for w in caught:
+                self.out.warn(str(w.message))
+            _check_shapes(planned.source, measurement)
+            if measurement.y.shape[0] > 1 and self.batch.common.samples > 1:
+                raise InputError(planned.source, "a volume is restored with one sample (--samples 1)")
+            reference = None if planned.reference is None else self.read_reference(planned.reference)
+        except (InputError, ValueError) as err:
+            self.fail(planned, err)
+            return None
+        noise = self.batch.common.noise
+        return _Prepared(
+            planned, measurement, reference, noise if measurement.sigma_y is None else measurement.sigma_y
         )
-        image = result.x.numpy()
+
+    def fail(self, planned: PlannedInput, err: Exception) -> None:
+        message = str(err) if isinstance(err, InputError) else f"{planned.source}: {err}"
+        self.tally.fail(self.out, planned, message)
+        self.bars.finish_input(restored=False)
+
+    def restore_pass(self, group: list[_Prepared]) -> None:
+        """Restore inputs of one ``_pass_key`` together (a volume's slices as so many
+        images), then write each one's outputs."""
+        common, first = self.batch.common, group[0]
+        names = [p.planned.source.name for p in group]
+        problems = [problem for p in group for problem in p.problems(common.seed, common.samples)]
+        self.bars.start_pass(names, chunks=-(-len(problems) * common.samples // self.rows_per_call))
+        try:
+            results = pipeline.restore_batch(
+                problems,
+                first.measurement.operator,
+                self.prior,
+                self.config,
+                image_shape=first.measurement.image_shape,
+                sigma_y=first.sigma_y,
+                batch_size=self.rows_per_call,
+                autocast=self.autocast,
+                callback=self.bars.step,
+                solver=self.solver.solve,
+            )
+        except (InputError, ValueError) as err:
+            for prepared in group:
+                self.fail(prepared.planned, err)
+            return
+        for prepared in group:
+            mine, results = results[: prepared.slices], results[prepared.slices :]
+            result = mine[0] if prepared.slices == 1 else pipeline.volume(mine)
+            try:
+                report = self.write_one(prepared, result, len(group))
+            except (InputError, ValueError) as err:
+                self.fail(prepared.planned, err)
+            else:
+                self.tally.wrote(self.out, prepared.planned, report)
+                self.bars.finish_input(restored=True)
+
+    def write_one(self, prepared: _Prepared, result: pipeline.Restoration, inputs: int) -> dict:
+        """Write one input's outputs; return its report."""
+        common, planned, measurement = self.batch.common, prepared.planned, prepared.measurement
+        source, image = planned.source, result.x.numpy()
         report = pipeline.report(
             task=self.batch.task,
             operator=measurement.operator,
@@ -257,13 +339,33 @@ class _BatchRun:
             restoration=result,
             seed=common.seed,
             dtype=common.dtype.value,
-            metrics=None if reference is None else _metrics(source, image, reference),
+            metrics=None if prepared.reference is None else _metrics(source, image, prepared.reference),
         )
         report = {"input": str(source), "output": str(planned.output), **report}
+        report["batch"] = {"inputs": inputs, "batch_size": self.rows_per_call}
         if measurement.extra:
             report["operator"].update(measurement.extra)
         _write_all(planned.outputs, self.batch.writer, image, measurement, source, result, report, common)
         return report
+
+
+def _pass_key(prepared: _Prepared) -> Hashable:
+    """What inputs restored in one solver call share: the image and measurement shapes,
+    the noise std, and the forward model (its class, parameters and tensors)."""
+    measurement = prepared.measurement
+    operator = measurement.operator
+    tensors = hashlib.sha256()
+    for name, tensor in operator.state_dict().items():
+        tensors.update(name.encode())
+        tensors.update(tensor.detach().cpu().numpy().tobytes())
+    return (
+        measurement.image_shape,
+        tuple(measurement.y.shape),
+        prepared.sigma_y,
+        type(operator).__qualname__,
+        json.dumps(operator.params(), sort_keys=True),
+        tensors.hexdigest(),
+    )
 
 
 def _with_bundled_alternative(message: str, spec: str, task: str) -> str:
@@ -274,7 +376,7 @@ def _with_bundled_alternative(message: str, spec: str, task: str) -> str:
 
 
 class _Bars:
-    """The batch bar and the step bar of the input in hand, with ETAs that price each
+    """The batch bar and the step bar of the pass in hand, with ETAs that price each
     step by its kind (``ScheduleEta``): ReSample's data-consistency steps cost many plain
     ones; the other solvers' steps are all of one kind."""
 
@@ -282,24 +384,26 @@ class _Bars:
         self.bar = bar
         self.config = config
         self.schedule = step_kinds(config)
-        self.chunks = 1  # batches of samples of the input in hand
+        self.chunks = 1  # solver calls of the pass in hand
         self.eta = ScheduleEta(prior_step_costs(config))
-        self.finished: list[float] = []  # seconds of each input restored
+        self.finished: list[float] = []  # seconds of each input restored (its share of its pass)
         self.queued = inputs  # not started yet
-        self.in_hand = False  # an input's steps have started and it has not finished
+        self.in_pass = self.pass_size = 0  # inputs of the pass in hand not finished yet; all of it
         self.started = self.last = time.monotonic()
         if bar:
             self.files = bar.add_task(task, total=inputs, finish_at=None)
             self.steps = bar.add_task("steps", total=len(self.schedule), finish_at=None)
 
-    def start_input(self, name: str, chunks: int) -> None:
-        self.queued -= 1
-        self.in_hand = True
+    def start_pass(self, names: list[str], chunks: int) -> None:
+        """Inputs ``names`` start their pass of ``chunks`` solver calls."""
+        self.queued -= len(names)
+        self.in_pass = self.pass_size = len(names)
         self.started = self.last = time.monotonic()
         self.chunks = chunks
         self.eta.start(self.schedule * chunks)
         if self.bar:
-            self.bar.reset(self.steps, total=len(self.eta.kinds), description=name)
+            more = f" +{len(names) - 1}" if len(names) > 1 else ""
+            self.bar.reset(self.steps, total=len(self.eta.kinds), description=names[0] + more)
             self._show()
 
     def step(self, chunk: int, info: StepInfo) -> None:
@@ -322,13 +426,16 @@ class _Bars:
             self.bar.update(self.steps, total=len(self.eta.kinds))
 
     def finish_input(self, restored: bool) -> None:
-        """The input in hand is done (``restored``), or failed before or during its steps."""
-        if restored:
-            self.finished.append(time.monotonic() - self.started)
-        if not self.in_hand:  # it failed before its steps began
+        """An input is done: ``restored``, or failed before its pass (reading it) or in it.
+        A restored input took its share of its pass's time."""
+        if not self.in_pass:  # it failed before its pass
             self.queued -= 1
-        self.in_hand = False
-        self.eta.start([])  # nothing left of it, also when it failed halfway
+        else:
+            if restored:
+                self.finished.append((time.monotonic() - self.started) / self.pass_size)
+            self.in_pass -= 1
+        if not self.in_pass:
+            self.eta.start([])  # nothing left of the pass, also when it failed halfway
         if self.bar:
             self.bar.advance(self.files)
             self._show()
@@ -379,7 +486,7 @@ def _check_shapes(source: Path, measurement: Measurement) -> None:
             fit = measurement.operator(torch.zeros(1, *measurement.image_shape))
     except RuntimeError as err:
         raise InputError(source, f"the forward model fails on a {shape} image ({first_line(err)})") from None
-    if fit.shape != measurement.y.shape:
+    if fit.shape[1:] != measurement.y.shape[1:]:
         raise InputError(
             source,
             f"the forward model maps a {shape} image to shape {tuple(fit.shape[1:])}, "
@@ -422,5 +529,8 @@ def _write_all(outputs, writer, image, measurement, source, result, report, comm
         write_report(outputs["report"], report)
     except BaseException:
         for path in done:
-            path.unlink(missing_ok=True)
+            if path.is_dir():  # a volume's DICOM series
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         raise

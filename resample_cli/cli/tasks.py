@@ -178,15 +178,19 @@ def ct_measurement(
 ) -> Measurement:
     """The sinogram ``read`` reads (``fileio.ct.read_sinogram`` with the geometry options) and
     its parallel-beam projector; the image is ``image_size`` (default: the detector count)
-    wide. ``noise`` is --noise when given on the command line (else None); ``ct_noise_std``
-    says which noise std wins, and the report says where it came from."""
+    wide; a volume's slices are the measurement's batch. ``noise`` is --noise when given on
+    the command line (else None); ``ct_noise_std`` says which noise std wins (a volume's
+    --relative-noise: of its maximum), and the report says where it came from."""
     sino = read(path)
-    n_det = sino.data.shape[1]
+    n_det = sino.data.shape[-1]
     size = image_size or n_det
     angles_deg = [float(a) for a in sino.angles_deg]
     op = ParallelBeamCT(angles_deg, size, det_count=n_det)
     sigma_y, source = ct_noise_std(sino, noise, relative_noise)
     extra = {"angles_deg": angles_deg, "det_count": n_det, "image_size": size, "sigma_y_source": source}
+    if sino.volume:  # its slices, each a measurement of its own
+        extra["slices"] = sino.data.shape[0]
+        return Measurement(torch.from_numpy(sino.data)[:, None], op, (1, size, size), 16, extra, sigma_y)
     return Measurement(to_batch(sino.data[None]), op, (1, size, size), 16, extra, sigma_y)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 
 import typer
 
+from ..distributed import launched
 from ..fileio.errors import InputError
 from ..messages import format_duration
 from ..train_settings import RUN, SyntheticKind, TrainSettings
@@ -106,7 +107,8 @@ def train_prior(resume: bool, threads: int | None, quiet: bool, **settings: Any)
 
     from .console import Output
 
-    out = Output(quiet=quiet)
+    launch = launched()
+    out = Output(quiet=quiet or (launch is not None and launch.rank != 0))  # under torchrun rank 0 speaks
     if threads is not None:
         torch.set_num_threads(threads)
     config = train_config(settings)

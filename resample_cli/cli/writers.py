@@ -10,11 +10,16 @@ from typing import TYPE_CHECKING
 
 from ..fileio.ct import (
     DerivedSeries,
+    is_volume,
     new_derived_series,
     read_ct_header,
+    read_dicom_sinograms,
     read_source_slice,
+    sinogram_templates,
+    slice_order,
     unit_to_hu,
     write_derived_dicom,
+    write_derived_series,
 )
 from ..fileio.errors import InputError
 from ..fileio.images import save_array, write_image
@@ -105,7 +110,9 @@ class DicomTemplates:
 class CTWriter(Writer):
     """A PNG of the [0, 1] image (the HU window), a float32 .npy in HU, and with templates
     a derived DICOM slice. The slices derived from one source series in one run form one
-    new series."""
+    new series. A volume (``fileio.ct.is_volume``) gives its .npy in HU (slices, H, W)
+    and, from a folder of DICOM sinograms or with a --dicom-template folder of as many
+    slices, a derived series in the folder NAME_dicom."""
 
     def __init__(self, templates: DicomTemplates | None = None):
         self.templates = templates
@@ -113,6 +120,11 @@ class CTWriter(Writer):
         self._series: dict[str, DerivedSeries] = {}  # source SeriesInstanceUID -> its derived series
 
     def paths(self, source: Path, common: CommonOptions) -> dict[str, Path]:
+        if is_volume(source):
+            paths = {"output": stem_path(source, common, ".npy")}
+            if source.is_dir() or (self.templates is not None and self.templates.option.is_dir()):
+                paths["series"] = stem_path(source, common, "_dicom")
+            return paths
         paths = {"output": stem_path(source, common, ".png"), "hu": stem_path(source, common, ".npy")}
         if self.templates is not None:
             paths["dicom"] = stem_path(source, common, ".dcm")
@@ -123,6 +135,8 @@ class CTWriter(Writer):
         if self.templates is None:
             return
         for item in planned:
+            if is_volume(item.source):  # its series is matched when it is written
+                continue
             try:
                 source_slice = read_source_slice(item.source)
                 self._matched[item.source] = (self.templates.match(item.source, source_slice), source_slice)
@@ -130,6 +144,9 @@ class CTWriter(Writer):
                 item.error = str(err)
 
     def write(self, paths, image, measurement, source, done) -> None:
+        if image.ndim == 4:
+            self._write_volume(paths, unit_to_hu(image[:, 0]), source, done)
+            return
         write_image(paths["output"], image)
         done.append(paths["output"])
         hu = unit_to_hu(image[0])
@@ -147,6 +164,29 @@ class CTWriter(Writer):
                 derivation=f"ReSample reconstruction of {source.name}",
             )
             done.append(paths["dicom"])
+
+    def _write_volume(self, paths, hu: np.ndarray, source: Path, done: list[Path]) -> None:
+        save_array(paths["output"], hu)
+        done.append(paths["output"])
+        if "series" in paths:
+            templates = self._volume_templates(source, hu.shape)
+            write_derived_series(paths["series"], hu, templates, f"ReSample reconstruction of {source.name}")
+            done.append(paths["series"])
+
+    def _volume_templates(self, source: Path, shape: tuple[int, int, int]) -> list[Dataset]:
+        """The template of each slice of a volume: its own DICOM sinograms' tags, else the
+        --dicom-template folder's slices in their order, one per slice."""
+        if source.is_dir():
+            return sinogram_templates(read_dicom_sinograms(source, header_only=True)[1], shape[-1])
+        ordered = [
+            ds for path, ds in sorted(self.templates.headers.items(), key=lambda item: slice_order(*item))
+        ]
+        if len(ordered) != shape[0]:
+            raise InputError(
+                source,
+                f"the volume has {shape[0]} slices but --dicom-template {self.templates.option} holds {len(ordered)}",
+            )
+        return ordered
 
     def _series_of(self, template: Dataset) -> DerivedSeries:
         key = str(template.get("SeriesInstanceUID", ""))

@@ -1,8 +1,10 @@
-"""CT files: sinograms (.npy/.npz), DICOM slices in HU, and the HU window.
+"""CT files: sinograms (.npy/.npz, or a folder of DICOM sinograms of one series), DICOM
+slices in HU, and the HU window.
 
 The image domain is attenuation scaled to [0, 1] through the HU window: HU clamped to
 [HU_MIN, HU_MAX] and mapped linearly. Sinograms are line integrals of that image with
-unit pixel size, angles in degrees, stored (angles, detectors).
+unit pixel size, angles in degrees, stored (angles, detectors); a volume's stored
+(slices, angles, detectors).
 
 pydicom is imported inside the functions that read or write DICOM: the command line's
 ``--help`` imports this module.
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .. import __version__
-from .atomic import atomic_path
+from ..messages import first_line
+from .atomic import atomic_path, replace_folder
 from .errors import InputError
 from .images import load_array
 
@@ -46,11 +49,15 @@ def unit_to_hu(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sinogram:
-    data: np.ndarray  # (angles, detectors), float32
+    data: np.ndarray  # (angles, detectors), float32; a volume's (slices, angles, detectors)
     angles_deg: np.ndarray
     path: Path
     noise_std: float | None = None  # the noise std ``resample simulate ct`` added, when it made the file
     source_slice: dict | None = None  # the DICOM slice it was simulated from (``dicom_slice_facts``)
+
+    @property
+    def volume(self) -> bool:
+        return self.data.ndim == 3
 
 
 def equal_angles(n: int) -> np.ndarray:
@@ -67,7 +74,9 @@ def read_sinogram(
     layout: Layout | None = None,
     angles_source: str | None = None,
 ) -> Sinogram:
-    """Read a 2-D sinogram from ``.npy`` or ``.npz`` (keys ``sinogram``, optional
+    """Read a 2-D sinogram, or a volume of them (3-D: slices first), from ``.npy``, ``.npz``
+    or a folder of DICOM sinograms of one series (``read_dicom_sinograms``). A 2-D one from
+    ``.npy`` or ``.npz`` (keys ``sinogram``, optional
     ``angles``, ``det_spacing``, and from ``resample simulate ct`` ``noise_std`` and
     ``dicom``, the source slice's tags as JSON). Angles come from the file, else ``angles``, else
     ``n_angles`` equally spaced (a count given beside the file's angles must agree). The layout is taken from ``layout`` or inferred from
@@ -77,14 +86,20 @@ def read_sinogram(
     path = Path(path)
     suffix = path.suffix.lower()
     noise_std = source_slice = None
-    if suffix == ".npz":
+    if path.is_dir():
+        sino, file_angles = read_dicom_sinograms(path)[0], None
+    elif suffix == ".npz":
         sino, file_angles, noise_std, source_slice = _read_npz(path)
     elif suffix == ".npy":
         sino, file_angles = load_array(path), None
     else:
         raise InputError(path, f"unsupported sinogram file type {suffix or '(none)'}; use .npy or .npz")
-    if sino.ndim != 2:
-        raise InputError(path, f"sinogram has shape {sino.shape}; expected a 2-D array (angles, detectors)")
+    if sino.ndim not in (2, 3):
+        raise InputError(
+            path,
+            f"sinogram has shape {sino.shape}; expected (angles, detectors), or (slices, angles, detectors) "
+            "for a volume",
+        )
     if file_angles is not None:
         # The file's own angles win, but a count given on the command line must agree.
         asked = len(np.ravel(angles)) if angles is not None else n_angles
@@ -103,13 +118,13 @@ def read_sinogram(
         raise InputError(path, "no angles: give --angles N, --angles-file, or an 'angles' key in the .npz")
     n = len(angles)
     given = f"{n} angles" + (f" (from {angles_source})" if angles_source else "")
-    layout = layout or _infer_layout(path, sino.shape, n, given)
+    layout = layout or _infer_layout(path, sino.shape[-2:], n, given)
     if layout == "det-first":
-        sino = sino.T
-    if sino.shape[0] != n:
+        sino = np.swapaxes(sino, -1, -2)
+    if sino.shape[-2] != n:
         raise InputError(
             path,
-            f"sinogram {'(det-first) ' if layout == 'det-first' else ''}has {sino.shape[0]} "
+            f"sinogram {'(det-first) ' if layout == 'det-first' else ''}has {sino.shape[-2]} "
             f"angle rows but {given} were given",
         )
     return Sinogram(np.ascontiguousarray(sino, dtype=np.float32), angles, path, noise_std, source_slice)
@@ -181,6 +196,112 @@ def _open_npz(path: Path) -> Iterator:
         if not path.exists():
             raise InputError(path, "no such file") from None
         raise InputError(path, f"not a readable .npz archive ({err})") from None
+
+
+def is_volume(path: Path) -> bool:
+    """Whether ``path`` holds a volume of sinograms (a DICOM series' folder, or a 3-D array),
+    from its header where it has one; False for a file that cannot be read (reading it
+    later says why)."""
+    if path.is_dir():
+        return is_sinogram_series(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False).ndim == 3
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return "sinogram" in f and f["sinogram"].ndim == 3
+    except (ValueError, OSError, EOFError):
+        pass
+    return False
+
+
+def sinogram_templates(headers: list[Dataset], image_size: int) -> list[Dataset]:
+    """DICOM sinograms' tags as the templates of the slices reconstructed from them: the
+    patient, study and slice tags stay; the pixel grid becomes the image's, square, with the
+    detector spacing (unit detector spacing is one image pixel) and ``image_size`` pixels."""
+    from pydicom.valuerep import DSfloat
+
+    templates = []
+    for header in headers:
+        ds = copy.deepcopy(header)
+        detectors = int(ds.get("Columns") or image_size)
+        if "PixelSpacing" in ds:  # (between rows: angles, between columns: detectors)
+            spacing = float(ds.PixelSpacing[1]) * detectors / image_size
+            ds.PixelSpacing = [DSfloat(spacing, auto_format=True)] * 2
+        ds.Rows = ds.Columns = image_size
+        templates.append(ds)
+    return templates
+
+
+def write_derived_series(folder: Path, hu: np.ndarray, templates: list[Dataset], derivation: str) -> None:
+    """A derived series of the volume ``hu`` (slices, H, W) in ``folder``, one file per
+    slice (0001.dcm, ...) each made from its template (``derived_slice``); the folder
+    appears whole or not at all (``replace_folder``)."""
+    series = new_derived_series(templates[0])
+
+    def write(partial: Path) -> None:
+        for i, (slice_hu, template) in enumerate(zip(hu, templates, strict=True)):
+            ds = derived_slice(slice_hu, template, series, derivation=f"{derivation}, slice {i + 1}")
+            ds.save_as(partial / f"{i + 1:04d}.dcm", enforce_file_format=True)
+
+    replace_folder(folder, write)
+
+
+def is_sinogram_series(path: Path) -> bool:
+    """Whether ``path`` is a folder holding DICOM files: one series of sinograms, one input."""
+    return path.is_dir() and bool(_dicom_files(path))
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    from .dicom_detect import looks_like_dicom
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and looks_like_dicom(p))
+
+
+def read_dicom_sinograms(
+    folder: Path, *, header_only: bool = False
+) -> tuple[np.ndarray | None, list[Dataset]]:
+    """A folder of DICOM files, each one slice's sinogram (rows: angles, columns: detectors;
+    RescaleSlope/Intercept applied), of one series: the volume (slices, angles, detectors) in
+    InstanceNumber order (else by position along the slice normal, else by name) and each
+    slice's tags, in that order (``header_only``: the tags alone, volume None)."""
+    paths = _dicom_files(folder)
+    if not paths:
+        raise InputError(folder, "no DICOM files in this folder")
+    found = [(path, _read_dicom(path, header_only=header_only)) for path in paths]
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in found}
+    if len(series) > 1:
+        raise InputError(folder, f"holds {len(series)} series; a volume is one series (one folder each)")
+    found.sort(key=lambda item: slice_order(*item))
+    headers = [ds for _, ds in found]
+    if header_only:
+        return None, headers
+    slices = []
+    for path, ds in found:
+        try:
+            raw = ds.pixel_array
+        except Exception as err:  # pydicom raises many types for missing or broken pixel data
+            raise InputError(path, f"DICOM pixel data cannot be decoded ({first_line(err)})") from None
+        if raw.ndim != 2:
+            raise InputError(path, f"DICOM pixel data has shape {raw.shape}; expected one 2-D sinogram")
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        slices.append(raw.astype(np.float32) * slope + intercept)
+    if len({s.shape for s in slices}) > 1:
+        raise InputError(
+            folder, f"its sinograms differ in shape ({', '.join(sorted({str(s.shape) for s in slices}))})"
+        )
+    return np.stack(slices), headers
+
+
+def slice_order(path: Path, ds: Dataset) -> tuple:
+    """Where a slice goes in its series: by InstanceNumber, else position, else name."""
+    number = ds.get("InstanceNumber")
+    position = ds.get("ImagePositionPatient")
+    return (
+        int(number) if number is not None else float("inf"),
+        float(position[2]) if position is not None else float("inf"),
+        path.name,
+    )
 
 
 def read_angles_file(path: str | Path) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler
@@ -35,6 +36,21 @@ class LatentPrior(abc.ABC):
     latent_scale: float
     device: torch.device
     dtype: torch.dtype  # of the networks' weights
+    # "pixel": a denoiser of images, no autoencoder: ``encode`` and ``decode`` are the identity.
+    space: Literal["latent", "pixel"] = "latent"
+
+    @property
+    def unet_passes(self) -> int:
+        """UNet passes one ``eps`` call makes per image (2 under classifier-free guidance)."""
+        return 1
+
+    def conditioning(self) -> dict | None:
+        """What ``eps`` is conditioned on, for reports; None for an unconditional prior."""
+        return None
+
+    def enable_gradient_checkpointing(self) -> None:  # noqa: B027 (a no-op unless overridden)
+        """Recompute network activations in backward passes instead of keeping them; a
+        prior without networks to checkpoint has nothing to do."""
 
     @abc.abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""A latent prior made of diffusers networks: a ``UNet2DModel`` noise predictor plus a
-``VQModel`` or ``AutoencoderKL`` autoencoder, with a DDIM view of the training schedule."""
+"""A prior made of diffusers networks: a ``UNet2DModel`` noise predictor plus a ``VQModel``
+or ``AutoencoderKL`` autoencoder (a latent prior), or the UNet alone (a pixel-space prior),
+with a DDIM view of the training schedule. ``priors.text`` adds a text-conditioned UNet."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class DiffusersPrior(LatentPrior):
 
     def __init__(
         self,
-        unet: UNet2DModel,
-        autoencoder: Autoencoder,
+        unet: torch.nn.Module,
+        autoencoder: Autoencoder | None,
         scheduler: DDIMScheduler,
         *,
         latent_scale: float,
@@ -73,12 +74,13 @@ class DiffusersPrior(LatentPrior):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        ae_config = autoencoder.config
-        channels = latent_channels(autoencoder)
+        # Without an autoencoder the UNet denoises images: its input is the "latent".
+        channels = unet.config.in_channels if autoencoder is None else latent_channels(autoencoder)
         if unet.config.in_channels != channels or unet.config.out_channels != channels:
+            what = "the image has" if autoencoder is None else "the autoencoder's latent has"
             raise PriorError(
                 f"model {info.name!r}: the UNet maps {unet.config.in_channels} to {unet.config.out_channels} "
-                f"channels but the autoencoder's latent has {channels}"
+                f"channels but {what} {channels}"
             )
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise PriorError(
@@ -89,11 +91,12 @@ class DiffusersPrior(LatentPrior):
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet = _frozen(unet, self.device, dtype)
-        self.autoencoder = _frozen(autoencoder, self.device, dtype)
-        self.image_channels = ae_config.in_channels
+        self.autoencoder = None if autoencoder is None else _frozen(autoencoder, self.device, dtype)
+        self.space = "pixel" if autoencoder is None else "latent"
+        self.image_channels = channels if autoencoder is None else autoencoder.config.in_channels
         self.latent_channels = channels
-        self.downsample_factor = downsample_factor(autoencoder)
-        self.latent_scale = float(latent_scale)
+        self.downsample_factor = 1 if autoencoder is None else downsample_factor(autoencoder)
+        self.latent_scale = 1.0 if autoencoder is None else float(latent_scale)
         # Each UNet level but the last halves the latent, so it must divide evenly.
         self._unet_factor = downsample_factor(unet)
         self._abar = scheduler.alphas_cumprod.to(self.device, torch.float64)
@@ -103,18 +106,30 @@ class DiffusersPrior(LatentPrior):
         return self.downsample_factor * self._unet_factor
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return x.to(self.device)
         z = unscaled_latents(self.autoencoder, x.to(self.device, self.dtype))
         return (z * self.latent_scale).to(x.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return z.to(self.device)
         # A VQModel quantises here; its quantiser passes gradients straight through.
         x = self.autoencoder.decode(z.to(self.device, self.dtype) / self.latent_scale).sample
         return x.to(z.dtype)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the networks' activations in their backward passes instead of keeping
+        them (diffusers' own switch, where the class has it): the gradients are the same,
+        the memory of a UNet or decoder backward a fraction, each backward one more forward."""
+        for network in (self.unet, self.autoencoder):
+            if network is not None and network._supports_gradient_checkpointing:
+                network.enable_gradient_checkpointing()
+
     def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(-1).to(self.device)
         z = z.to(self.device)
-        out = self.unet(z.to(self.dtype), t).sample.to(z.dtype)
+        out = self.unet_output(z.to(self.dtype), t).to(z.dtype)
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
             return out
@@ -123,6 +138,10 @@ class DiffusersPrior(LatentPrior):
         if kind == "v_prediction":
             return abar.sqrt() * out + (1 - abar).sqrt() * z
         return (z - abar.sqrt() * out) / (1 - abar).sqrt()  # "sample": the network predicts z0
+
+    def unet_output(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw prediction (of the scheduler's ``prediction_type``) at timesteps ``t``."""
+        return self.unet(z, t).sample
 
 
 def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:

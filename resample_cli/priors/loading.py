@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.utils import (
@@ -38,11 +38,26 @@ from ..messages import first_line
 from .base import PriorInfo
 from .diffusers_prior import AUTOENCODER_CLASSES, DiffusersPrior, default_latent_scale
 from .errors import PriorError
-from .layout import AUTOENCODER_FOLDERS, BIN, CONFIG, SAFETENSORS, SCHEDULER_CONFIG, find_layout, weights_file
+from .layout import (
+    AUTOENCODER_FOLDERS,
+    BIN,
+    CONFIG,
+    MODEL_INDEX,
+    SAFETENSORS,
+    SCHEDULER_CONFIG,
+    TEXT_UNET,
+    TEXT_WEIGHTS,
+    TOKENIZER_FILES,
+    find_layout,
+    weights_file,
+)
 from .registry import RegistryEntry, load_registry
+from .text import TextConditionedPrior, load_text_parts
 
 __all__ = ["PriorError", "fetch_prior", "load_prior", "prior_cache_path"]
 
+# The noise-prediction networks a model's unet/config.json may name.
+UNET_CLASSES: dict[str, type] = {"UNet2DModel": UNet2DModel, TEXT_UNET: UNet2DConditionModel}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -161,8 +176,15 @@ def _network_folders(source: _Source) -> list[str]:
 
 
 def _config_patterns(source: _Source) -> list[str]:
-    return [f"{sub}/{CONFIG}" for sub in _network_folders(source)] + [
-        f"{source.scheduler}/{SCHEDULER_CONFIG}"
+    """Every small file a model may need: configs (the text encoder's too, where there is
+    one), the pipeline's part list, the tokenizer's files."""
+    tokenizer = [f"tokenizer/{name}" for files in TOKENIZER_FILES for name in files]
+    return [f"{sub}/{CONFIG}" for sub in [*_network_folders(source), "text_encoder"]] + [
+        f"{source.scheduler}/{SCHEDULER_CONFIG}",
+        MODEL_INDEX,
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        *tokenizer,
     ]
 
 
@@ -234,7 +256,9 @@ def _download(source: _Source) -> Path:
                 source.repo,
                 revision=source.revision,
                 cache_dir=constants.HF_HUB_CACHE,
-                allow_patterns=_config_patterns(source) + [f"{sub}/{SAFETENSORS}" for sub in networks],
+                allow_patterns=_config_patterns(source)
+                + [f"{sub}/{SAFETENSORS}" for sub in networks]
+                + [f"text_encoder/{TEXT_WEIGHTS[0]}"],
             )
         )
         bins = [
@@ -242,6 +266,9 @@ def _download(source: _Source) -> Path:
             for sub in networks
             if (folder / sub / CONFIG).is_file() and weights_file(folder / sub) is None
         ]
+        text_encoder = folder / "text_encoder"
+        if (text_encoder / CONFIG).is_file() and weights_file(text_encoder, TEXT_WEIGHTS) is None:
+            bins.append(f"text_encoder/{TEXT_WEIGHTS[1]}")
         if bins:  # pinned to the commit just fetched, should the branch move meanwhile
             snapshot_download(
                 source.repo, revision=folder.name, cache_dir=constants.HF_HUB_CACHE, allow_patterns=bins
@@ -292,21 +319,30 @@ def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dty
     # The raw files, not the built models' configs: diffusers fills in defaults (a missing
     # scaling_factor becomes Stable Diffusion's) that would hide what the file says.
     unet_config = _read_json(layout.unet / CONFIG, source.name)
-    ae_config = _read_json(layout.autoencoder / CONFIG, source.name)
-    if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+    unet_class = unet_config.get("_class_name", "UNet2DModel")
+    if unet_class not in UNET_CLASSES:
         raise PriorError(
-            f"model {source.name!r}: {layout.unet.name}/ holds a {unet_config['_class_name']}; "
-            "only unconditional UNet2DModel networks are supported"
+            f"model {source.name!r}: {layout.unet.name}/ holds a {unet_class}; "
+            f"expected a {' or a '.join(UNET_CLASSES)}"
         )
-    default_class = "VQModel" if layout.autoencoder.name == "vqvae" else "AutoencoderKL"
-    ae_class = AUTOENCODER_CLASSES.get(ae_config.get("_class_name", default_class))
-    if ae_class is None:
-        raise PriorError(
-            f"model {source.name!r}: {layout.autoencoder.name}/ holds a {ae_config['_class_name']}; "
-            "expected a VQModel or AutoencoderKL"
-        )
-    unet = _network(UNet2DModel, layout.unet, source.name)
-    autoencoder = _network(ae_class, layout.autoencoder, source.name)
+    if unet_class == TEXT_UNET and layout.autoencoder is None:
+        raise PriorError(f"model {source.name!r}: a text-conditioned UNet needs an autoencoder (vae/)")
+    # The text parts first: without transformers the error comes before the large networks load.
+    text_parts = None
+    if layout.text_encoder is not None:
+        text_parts = load_text_parts(layout.text_encoder, layout.tokenizer, source.name)
+    ae_config, autoencoder = {}, None
+    if layout.autoencoder is not None:
+        ae_config = _read_json(layout.autoencoder / CONFIG, source.name)
+        default_class = "VQModel" if layout.autoencoder.name == "vqvae" else "AutoencoderKL"
+        ae_class = AUTOENCODER_CLASSES.get(ae_config.get("_class_name", default_class))
+        if ae_class is None:
+            raise PriorError(
+                f"model {source.name!r}: {layout.autoencoder.name}/ holds a {ae_config['_class_name']}; "
+                "expected a VQModel or AutoencoderKL"
+            )
+        autoencoder = _network(ae_class, layout.autoencoder, source.name)
+    unet = _network(UNET_CLASSES[unet_class], layout.unet, source.name)
     scheduler = _scheduler(layout.scheduler / SCHEDULER_CONFIG, source.name)
     latent_scale = source.latent_scale if source.latent_scale is not None else default_latent_scale(ae_config)
     info = PriorInfo(
@@ -315,9 +351,10 @@ def _build(folder: Path, source: _Source, device: torch.device, dtype: torch.dty
         revision=folder.name if source.repo else None,  # the snapshot folder is named by its commit
         path=str(folder),
     )
-    return DiffusersPrior(
-        unet, autoencoder, scheduler, latent_scale=latent_scale, info=info, device=device, dtype=dtype
-    )
+    kwargs = {"latent_scale": latent_scale, "info": info, "device": device, "dtype": dtype}
+    if text_parts is not None:
+        return TextConditionedPrior(unet, autoencoder, scheduler, *text_parts, **kwargs)
+    return DiffusersPrior(unet, autoencoder, scheduler, **kwargs)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ Each field is documented in the repository's ``weights/README.md``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,14 @@ class RegistryEntry:
     @property
     def kind(self) -> Literal["hub", "bundled"]:
         return "hub" if self.repo else "bundled"
+
+    @property
+    def pinned(self) -> bool | None:
+        """Whether a Hub entry names one commit (a 40-hex hash) rather than a branch or tag,
+        which may move; None for a bundled model, which has no revisions."""
+        if self.repo is None:
+            return None
+        return self.revision is not None and re.fullmatch(r"[0-9a-f]{40}", self.revision) is not None
 
 
 # TOML value types each field accepts (integers are fine where a float is expected).

@@ -38,8 +38,10 @@ class SolverConfig(Protocol):
 @dataclass(frozen=True)
 class SolverEntry:
     """One diffusion solver: its command-line name, where its function and config class
-    live (``module`` under ``resample_cli.solvers``), one line for ``--help``, and whether
-    it needs a linear operator (one with ``adjoint``)."""
+    live (``module`` under ``resample_cli.solvers``), one line for ``--help``, whether it
+    needs a linear operator (one with ``adjoint``) or a latent prior (one with an
+    autoencoder), and the name of the method it is on a pixel-space prior, where that has one
+    of its own (Latent-DPS on pixels is DPS)."""
 
     name: str
     module: str
@@ -47,17 +49,29 @@ class SolverEntry:
     config: str
     summary: str
     linear_only: bool = False
+    latent_only: bool = False
+    pixel_name: str | None = None
 
     def load(self) -> tuple[Callable[..., Any], type]:
         """(solve function, config class), importing the module (and torch) now."""
         module = importlib.import_module(f"{__name__}.{self.module}")
         return getattr(module, self.function), getattr(module, self.config)
 
-    def refuses(self, linear: bool) -> str | None:
-        """Why this solver cannot run with an operator that is (not) ``linear``; None if it can."""
+    def refuses(self, linear: bool, space: str = "latent") -> str | None:
+        """Why this solver cannot run with an operator that is (not) ``linear``, or on a
+        prior of ``space`` ("latent" or "pixel"); None if it can."""
         if self.linear_only and not linear:
             return f"{self.name} needs a linear operator (its gluing term uses the adjoint A^T)"
+        if self.latent_only and space != "latent":
+            return (
+                f"{self.name} needs a latent prior (its gluing term ties the decoder to the encoder, which "
+                "a pixel-space prior lacks); on a pixel prior latent-dps is DPS"
+            )
         return None
+
+    def name_on(self, space: str) -> str:
+        """The name of what this solver runs on a prior of ``space`` (reports, bench rows)."""
+        return self.pixel_name if space == "pixel" and self.pixel_name else self.name
 
 
 SOLVERS: dict[str, SolverEntry] = {
@@ -75,15 +89,17 @@ SOLVERS: dict[str, SolverEntry] = {
             "latent_dps",
             "latent_dps",
             "LatentDPSConfig",
-            "Latent-DPS: a DPS gradient step on the latent after each DDIM step",
+            "Latent-DPS: a DPS gradient step on the latent after each DDIM step (on a pixel prior: DPS)",
+            pixel_name="dps",
         ),
         SolverEntry(
             "psld",
             "latent_dps",
             "psld",
             "PSLDConfig",
-            "PSLD: Latent-DPS plus its gluing term; linear operators only",
+            "PSLD: Latent-DPS plus its gluing term (latent priors); linear operators only",
             linear_only=True,
+            latent_only=True,
         ),
         SolverEntry(
             "diffpir",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -10,6 +11,8 @@ import torch
 # Which z0 estimate from z_t and the predicted noise: Tweedie's posterior mean, or the
 # ReSample authors' (z_t - (1 - abar) eps) / sqrt(abar) (their ddim.py:541).
 Z0Estimate = Literal["tweedie", "authors"]
+# One generator for a whole batch, or one per image of the batch (``randn_like``).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def tweedie(z: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
@@ -50,7 +53,7 @@ def stochastic_resample(
     z_prime: torch.Tensor,
     abar: float,
     ratio: float,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Proposition 2 of the paper: draw z_t given the data-consistent z0y and the
     unconditional sample z_prime, from
@@ -66,8 +69,14 @@ def stochastic_resample(
     return mean + std * randn_like(mean, generator)
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device, then moved to ``x``'s,
-    so that a seed gives the same numbers whichever device the model runs on."""
+    so that a seed gives the same numbers whichever device the model runs on. Given one
+    generator per image, each image's noise comes from its own: what an image draws then
+    does not depend on the other images of its batch."""
+    if isinstance(generator, Sequence):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.cat([randn_like(x[i : i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)

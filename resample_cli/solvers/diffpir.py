@@ -52,7 +52,7 @@ import torch
 from ..operators.base import Operator
 from ..priors.base import LatentPrior
 from .consistency import per_sample_mse
-from .ddim import ddim_sigma, randn_like, tweedie
+from .ddim import Generators, ddim_sigma, randn_like, tweedie
 from .resample import Result, StepInfo
 from .schedule import GridStep, ddim_grid
 from .trace import CountingPrior, Trace, counting_operator_calls
@@ -180,7 +180,7 @@ def diffpir(
     *,
     sigma_y: float,
     image_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[StepInfo], None] | None = None,
     autocast: torch.dtype | None = None,
 ) -> Result:
@@ -225,7 +225,7 @@ def renoise(
     abar_next: float,
     zeta: float,
     eta: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> torch.Tensor:
     """z_next from z_t and the data-consistent z0: the effective noise
     epshat = (z_t - sqrt(abar) z0) / sqrt(1 - abar) (DDIM-stepped with ``eta``) mixed with
@@ -241,9 +241,7 @@ def renoise(
     return z_next
 
 
-def rediffuse(
-    z: torch.Tensor, abar: float, abar_back: float, generator: torch.Generator | None
-) -> torch.Tensor:
+def rediffuse(z: torch.Tensor, abar: float, abar_back: float, generator: Generators) -> torch.Tensor:
     """z at abar noised forward to abar_back < abar (main_ddpir_deblur.py:353-357)."""
     ratio = abar_back / abar
     std = math.sqrt(max(1 - abar_back - ratio * (1 - abar), 0.0))

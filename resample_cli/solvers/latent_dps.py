@@ -54,8 +54,9 @@ from ..operators.compose import Wrapped
 from ..operators.inpainting import Inpainting
 from ..operators.superres import BicubicDownsample
 from ..priors.base import LatentPrior
+from . import SOLVERS
 from .consistency import per_sample_mse
-from .ddim import ddim_sigma, ddim_step, randn_like, tweedie
+from .ddim import Generators, ddim_sigma, ddim_step, randn_like, tweedie
 from .resample import Result, StepInfo
 from .schedule import GridKind, GridStep, ddim_grid
 from .trace import CountingPrior, Trace, counting_operator_calls
@@ -232,7 +233,7 @@ def latent_dps(
     *,
     sigma_y: float,
     image_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[StepInfo], None] | None = None,
     autocast: torch.dtype | None = None,
 ) -> Result:
@@ -252,7 +253,7 @@ def psld(
     *,
     sigma_y: float,
     image_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[StepInfo], None] | None = None,
     autocast: torch.dtype | None = None,
 ) -> Result:
@@ -263,6 +264,9 @@ def psld(
         raise ValueError(
             f"PSLD needs a linear operator (its gluing term uses A^T); {type(operator).__name__} is not"
         )
+    refused = SOLVERS["psld"].refuses(operator.linear, prior.space)  # a pixel prior: no gluing term
+    if refused:
+        raise ValueError(refused)
     config = config.resolved(operator)
     transpose = gluing_transpose(operator, config.transpose)
     noise = sigma_y if config.noisy_prediction else 0.0

@@ -27,6 +27,7 @@ from .consistency import (
     per_sample_mse,
 )
 from .ddim import (
+    Generators,
     Z0Estimate,
     authors_z0,
     ddim_sigma,
@@ -216,7 +217,7 @@ def resample(
     *,
     sigma_y: float,
     image_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[StepInfo], None] | None = None,
     autocast: torch.dtype | None = None,
 ) -> Result:

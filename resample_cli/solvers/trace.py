@@ -65,7 +65,9 @@ class CountingPrior:
     """Calls a prior's networks, counting each pass in ``trace`` and applying autocast.
 
     Backward passes are counted by the caller through ``count_backward`` because only
-    it knows which networks a gradient went through.
+    it knows which networks a gradient went through. A prior's ``unet_passes`` per image
+    (2 under classifier-free guidance) multiply the UNet's counts; a pixel-space prior has
+    no autoencoder, so its identity ``encode`` and ``decode`` count nothing.
     """
 
     def __init__(self, prior: LatentPrior, trace: Trace, autocast: torch.dtype | None = None):
@@ -79,20 +81,20 @@ class CountingPrior:
         return torch.autocast(self.prior.device.type, dtype=self.autocast)
 
     def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        self.trace.counts["unet_forward"] += z.shape[0]
+        self.trace.counts["unet_forward"] += z.shape[0] * self.prior.unet_passes
         tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
         with self._cast():
             return self.prior.eps(z, tt).float()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [0, 1] (the operators' domain)."""
-        self.trace.counts["decoder_forward"] += z.shape[0]
+        self._count_autoencoder("decoder_forward", z.shape[0])
         with self._cast():
             return (self.prior.decode(z).float() + 1) / 2
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1] -> latent."""
-        self.trace.counts["encoder_forward"] += x.shape[0]
+        self._count_autoencoder("encoder_forward", x.shape[0])
         with self._cast():
             return self.prior.encode(x * 2 - 1).float()
 
@@ -100,11 +102,15 @@ class CountingPrior:
         self, n: int, *, unet: bool = False, decoder: bool = False, encoder: bool = False
     ) -> None:
         if unet:
-            self.trace.counts["unet_backward"] += n
+            self.trace.counts["unet_backward"] += n * self.prior.unet_passes
         if decoder:
-            self.trace.counts["decoder_backward"] += n
+            self._count_autoencoder("decoder_backward", n)
         if encoder:
-            self.trace.counts["encoder_backward"] += n
+            self._count_autoencoder("encoder_backward", n)
+
+    def _count_autoencoder(self, counter: str, n: int) -> None:
+        if self.prior.space == "latent":
+            self.trace.counts[counter] += n
 
 
 @contextlib.contextmanager

@@ -14,6 +14,11 @@ generators as they were, so an interrupted run continues as if it had not stoppe
 the prior is saved in the diffusers layout (``vae/`` or ``vqvae/``, ``unet/``, ``scheduler/``)
 with a ``model_card.md``.
 
+Under torchrun the run is data-parallel (``_Ranks``): every rank draws the same global batch
+from the same generators and trains on its slice of it, DistributedDataParallel averages the
+gradients, so the weights follow those of one process with the global batch (up to float
+rounding); rank 0 alone writes checkpoints, samples and the prior.
+
 The library never prints: progress goes to ``callback`` (see ``TrainProgress``).
 """
 
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 
 from ..devices import DeviceUnavailableError, resolve_device
+from ..distributed import Launch, join, launched
 from ..fileio.atomic import write_text_atomic
 from ..fileio.images import write_image
 from ..metrics import psnr
@@ -99,26 +105,132 @@ def train_prior(
     out = config.output
     if out.exists() and not out.is_dir():
         raise TrainingError(f"output {out} exists and is not a folder")
+    ranks = _Ranks(launched(), config)
+    try:
+        device = ranks.device(resolve_device(config.device))
+    except DeviceUnavailableError as err:
+        raise TrainingError(str(err)) from None
     root = out / CHECKPOINTS
-    remove_partial(root)
+    if ranks.main:
+        remove_partial(root)
+    ranks.barrier()
     found = latest_checkpoint(root)
     if found is not None and not resume:
         raise TrainingError(
             f"{out} already holds a training run ({found.name}); resume it (--resume) or choose another output folder"
         )
-    run = _Run(config, load_checkpoint(found) if found is not None else None, callback, command)
+    run = _Run(
+        config, load_checkpoint(found) if found is not None else None, callback, command, ranks, device
+    )
     out.mkdir(parents=True, exist_ok=True)  # only once the data and networks are in hand
-    return run.train()
+    try:
+        return run.train()
+    finally:
+        ranks.leave()
+
+
+class _Ranks:
+    """This process's part of a data-parallel run: under torchrun (``launch``) rank
+    ``rank`` of ``size`` trains on the ``rank``-th slice of each global batch; alone, on
+    all of it. Every rank draws the whole batch from the same generators, so their states,
+    and the checkpoints rank 0 writes of them, are those of one process."""
+
+    def __init__(self, launch: Launch | None, config: TrainConfig):
+        self.launch = launch
+        self.rank, self.size = (launch.rank, launch.world_size) if launch else (0, 1)
+        for name, batch in (("batch_size", config.batch_size), ("unet_batch_size", config.unet_batch)):
+            if batch % self.size:
+                raise TrainingError(f"{name} {batch} does not split evenly over {self.size} ranks")
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device this rank trains on (joining the process group under torchrun)."""
+        return device if self.launch is None else join(self.launch, device)
+
+    def mine(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch."""
+        part = batch.shape[0] // self.size
+        return batch[self.rank * part : (self.rank + 1) * part]
+
+    def parallel(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``module`` as DistributedDataParallel under torchrun (parameters a stage leaves
+        unused, such as a frozen encoder, allowed), else itself."""
+        if self.launch is None:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The mean of a per-rank scalar over the ranks."""
+        if self.launch is not None:
+            import torch.distributed as dist
+
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.size
+        return float(value)
+
+    def barrier(self) -> None:
+        if self.launch is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def leave(self) -> None:
+        if self.launch is not None:
+            from ..distributed import leave
+
+            leave()
+
+
+class _AutoencoderLoss(torch.nn.Module):
+    """Stage (a)'s loss of a batch as one module's forward, which DistributedDataParallel
+    wraps: the L1 reconstruction plus the VQ commitment or the weighted KL term.
+    ``noise(shape)`` gives the KL posterior's sampling noise for a latent of ``shape``."""
+
+    def __init__(self, ae: torch.nn.Module, kl_weight: float, decoder_only: bool):
+        super().__init__()
+        self.ae, self.kl_weight, self.decoder_only = ae, kl_weight, decoder_only
+
+    def forward(self, x: torch.Tensor, noise: Callable[[torch.Size], torch.Tensor]) -> torch.Tensor:
+        with torch.set_grad_enabled(not self.decoder_only):  # a frozen encoder: no graph through it
+            encoded = self.ae.encode(x)
+        if isinstance(self.ae, VQModel):
+            decoded = self.ae.decode(encoded.latents)
+            loss = (decoded.sample - x).abs().mean()
+            if not self.decoder_only:  # the codebook belongs to the latent space: frozen with the encoder
+                loss = loss + decoded.commit_loss.mean()
+            return loss
+        posterior = encoded.latent_dist
+        z = posterior.mean + posterior.std * noise(posterior.mean.shape)
+        loss = (self.ae.decode(z).sample - x).abs().mean()
+        if not self.decoder_only:
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+            loss = loss + self.kl_weight * kl
+        return loss
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, ckpt: Checkpoint | None, callback: Callback | None, command):
-        self.callback = callback or (lambda progress: None)
+    def __init__(
+        self,
+        config: TrainConfig,
+        ckpt: Checkpoint | None,
+        callback: Callback | None,
+        command,
+        ranks: _Ranks,
+        device: torch.device,
+    ):
+        self.ranks = ranks
+        quiet = callback is None or not ranks.main  # rank 0 tells the run's progress
+        self.callback = (lambda progress: None) if quiet else callback
         self.command = command
-        try:
-            self.device = resolve_device(config.device)
-        except DeviceUnavailableError as err:
-            raise TrainingError(str(err)) from None
+        self.device = device
         base = None
         if ckpt is not None:
             _check_compatible(ckpt, config)
@@ -158,6 +270,10 @@ class _Run:
             self.unet.load_state_dict(ckpt.unet)
         self.ae.to(self.device)
         self.unet.to(self.device)
+        self.ae_loss = ranks.parallel(
+            _AutoencoderLoss(self.ae, config.kl_weight, config.ae_train == "decoder"), self.device
+        )
+        self.unet_parallel = ranks.parallel(self.unet, self.device)
         self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
         if ckpt is not None:
             self.ema.load_state_dict(ckpt.unet_ema)
@@ -247,23 +363,14 @@ class _Run:
         optimizer = self._optimizer("autoencoder")
         self._set_lr("autoencoder", self.state.ae_step, config.ae_steps)
         self.ae.train()
-        x = self._images(config.batch_size, self.data_gen)
-        decoder_only = config.ae_train == "decoder"  # the encoder is frozen: no graph through it
-        with torch.set_grad_enabled(not decoder_only):
-            encoded = self.ae.encode(x)
-        if isinstance(self.ae, VQModel):
-            decoded = self.ae.decode(encoded.latents)
-            loss = (decoded.sample - x).abs().mean()
-            if not decoder_only:  # the codebook belongs to the latent space: frozen with the encoder
-                loss = loss + decoded.commit_loss.mean()
-        else:
-            posterior = encoded.latent_dist
-            z = posterior.sample(generator=self.noise_gen)
-            loss = (self.ae.decode(z).sample - x).abs().mean()
-            if not decoder_only:
-                kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-                loss = loss + config.kl_weight * kl
+        n = config.batch_size
+        x = self.ranks.mine(self._images(n, self.data_gen))
+        loss = self.ae_loss(x, lambda shape: self._noise((n, *shape[1:])))
         return self._apply(optimizer, loss)
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """This rank's slice of standard normal noise for a global batch of ``shape``."""
+        return self.ranks.mine(torch.randn(shape, generator=self.noise_gen, device=self.device))
 
     # -- stage (b) -----------------------------------------------------------------------------
 
@@ -301,13 +408,14 @@ class _Run:
         self.pool = self._encode_many(self.config.latent_pool, gen)
 
     def _latents(self, n: int) -> torch.Tensor:
+        """This rank's slice of a global batch of ``n`` scaled latents."""
         if self.config.latent_pool:
             if self.pool is None:
                 self._build_pool()
             pick = torch.randint(len(self.pool), (n,), generator=self.data_gen).to(self.device)
-            z = self.pool[pick]
+            z = self.pool[self.ranks.mine(pick)]
         else:
-            z = self._encode(self._images(n, self.data_gen))
+            z = self._encode(self.ranks.mine(self._images(n, self.data_gen)))
         return z * self.state.latent_scale
 
     def _unet_step(self) -> float:
@@ -315,9 +423,12 @@ class _Run:
         optimizer = self._optimizer("unet")
         self._set_lr("unet", self.state.unet_step, config.unet_steps)
         self.unet.train()
-        z0 = self._latents(config.unet_batch)
-        noise = torch.randn(z0.shape, generator=self.noise_gen, device=self.device)
-        t = torch.randint(0, len(self.abar), (z0.shape[0],), generator=self.noise_gen, device=self.device)
+        n = config.unet_batch
+        z0 = self._latents(n)
+        noise = self._noise((n, *z0.shape[1:]))
+        t = self.ranks.mine(
+            torch.randint(0, len(self.abar), (n,), generator=self.noise_gen, device=self.device)
+        )
         abar = self.abar[t].view(-1, 1, 1, 1)
         zt = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
         if self.prediction == "epsilon":
@@ -326,7 +437,7 @@ class _Run:
             target = abar.sqrt() * noise - (1 - abar).sqrt() * z0
         else:  # "sample"
             target = z0
-        loss = F.mse_loss(self.unet(zt, t).sample, target)
+        loss = F.mse_loss(self.unet_parallel(zt, t).sample, target)
         value = self._apply(optimizer, loss)
         decay = min(config.ema, (1 + self.state.unet_step) / (10 + self.state.unet_step))
         with torch.no_grad():
@@ -363,7 +474,7 @@ class _Run:
             group["lr"] = lr
 
     def _apply(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-        value = float(loss.detach())
+        value = self.ranks.mean(loss.detach())  # every rank sees the same value, and stops together
         if not math.isfinite(value):
             raise TrainingError(
                 f"the loss became {value} at step {self.state.step + 1}; lower the learning rate "
@@ -386,6 +497,9 @@ class _Run:
     def _checkpoint(self) -> None:
         state = self.state
         state.elapsed_s = self.elapsed_before + time.perf_counter() - self.session_start
+        self.last_checkpoint = state.step
+        if not self.ranks.main:  # the ranks' states are one: rank 0 writes it
+            return
         grid = self._sample_grid(self.config.output / "samples" / f"step-{state.step:08d}.png")
         path = save_checkpoint(
             self.config.output / CHECKPOINTS,
@@ -400,7 +514,6 @@ class _Run:
             rng={"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()},
             keep=self.config.keep_checkpoints,
         )
-        self.last_checkpoint = state.step
         self._write_losses()
         self._report("checkpoint", f"checkpoint {path} (samples: {grid})")
 
@@ -460,11 +573,14 @@ class _Run:
         config, state, out = self.config, self.state, self.config.output
         if state.latent_scale is None:  # no UNet stage: the saved model still needs a scale
             self._measure_latent_scale()
-        grid = self._sample_grid(out / "samples" / "final.png")
+        grid = out / "samples" / "final.png"
         ae_psnr = self._holdout_psnr()
-        save_diffusers_layout(
-            out, self.ae, self.ema, DDIMScheduler.from_config(self.scheduler_config), state.latent_scale
-        )
+        if self.ranks.main:
+            self._sample_grid(grid)
+            save_diffusers_layout(
+                out, self.ae, self.ema, DDIMScheduler.from_config(self.scheduler_config), state.latent_scale
+            )
+        self.ranks.barrier()  # the other ranks' results name the files rank 0 wrote
         wall = self.elapsed_before + time.perf_counter() - self.session_start
         weights = sum(p.stat().st_size for p in out.glob("*/diffusion_pytorch_model.safetensors"))
         result = TrainResult(
@@ -491,7 +607,8 @@ class _Run:
             scheduler_config=self.scheduler_config,
             device=self.device,
         )
-        write_text_atomic(result.model_card, text)
+        if self.ranks.main:
+            write_text_atomic(result.model_card, text)
         self._report("saved", f"saved the prior in {out} ({weights / 1e6:.2f} MB of weights)")
         return result
 
