@@ -79,9 +79,29 @@ def test_generic_operators_take_the_krylov_path_and_agree_with_bisection(problem
         Generic(torch.from_numpy(a), (1, 6, 8)), torch.from_numpy(y), x_init, targets
     )
     np.testing.assert_allclose(krylov.value.numpy(), fast.value.numpy(), rtol=1e-3, atol=1e-4)
-    # The fast path bisects lam 12 times, the Krylov path 30 times (no operator calls): its
-    # residual sits on the target, the coarser one just below it.
+    # The fast path stops within 1e-4 of the target, the Krylov path bisects 30 times (no
+    # operator calls): its residual sits on the target, the coarser one just below it.
     assert bool((krylov.rms <= targets * (1 + 1e-6)).all()) and bool((krylov.rms >= fast.rms).all())
+
+
+@pytest.mark.parametrize("target", [0.011, 0.015, 0.05])
+def test_the_fast_solve_search_finds_the_discrepancy_weight(problem, target):
+    """The search over lam of operators with a fast solve, against the dense root (brentq):
+    a residual at most the target, within 1e-4 of it or a weight within the bracket width."""
+    a, y, x0 = problem
+    fit = fit_pixels_discrepancy(
+        MatrixOperator(torch.from_numpy(a), (1, 6, 8)).double(),
+        torch.from_numpy(y),
+        torch.from_numpy(x0).reshape(2, 1, 6, 8),
+        target,
+    )
+    for i in range(2):
+        root = brentq(
+            lambda t, i=i: rms(a, y[i], dense_tikhonov(a, y[i], x0[i], np.exp(t))) - target, -12, 12
+        )
+        got = rms(a, y[i], fit.value[i].numpy().ravel())
+        assert got <= target * (1 + 1e-9) and float(fit.rms[i]) == pytest.approx(got, rel=1e-9)
+        assert got >= target * (1 - 1e-4) or abs(np.log(float(fit.lam[i])) - root) <= np.log(1e8) / 4096
 
 
 def test_a_sparse_view_ct_solve_meets_its_target_on_every_image():

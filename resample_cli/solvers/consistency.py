@@ -7,6 +7,7 @@ what it would be alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -186,21 +187,25 @@ def fit_pixels_discrepancy(
     operator: LinearOperator,
     y: torch.Tensor,
     x_init: torch.Tensor,
-    target_rms: float,
+    target_rms: float | torch.Tensor,
     *,
-    bisections: int = 12,
     lam_range: tuple[float, float] = (1e-4, 1e4),
+    log_width: float = math.log(1e8) / 4096,
+    max_solves: int = 16,
 ) -> Fit:
     """Regularised least squares x = argmin ||y - A x||^2 + lam ||x - x_init||^2 with
     lam chosen per image by the discrepancy principle: the largest lam (closest to
     x_init) whose residual RMS is at most ``target_rms``. The Fit's ``lam`` holds it
     (inf for images that kept x_init).
 
-    The residual grows with lam, so lam is found by bisection in log space; images
-    already within the target keep x_init. An image that no lam in ``lam_range``
-    brings within the target gets the smallest lam.
-    Operators without a ``fast_solve`` get every lam from one Krylov basis instead of a
-    conjugate-gradient solve per bisection step (``krylov.tikhonov_by_discrepancy``).
+    The residual grows with lam; images already within the target keep x_init, and an
+    image that no lam in ``lam_range`` brings within the target gets the smallest lam.
+    Operators with a ``fast_solve`` search log lam inside a bracket (lo meets the target,
+    hi does not) by the Illinois variant of false position on log(residual / target):
+    5 to 11 solves where bisection needed 13 for the same bracket width (``log_width``,
+    that of 12 bisections of the default range), stopping early once the residual at lo
+    is within 1e-4 of the target. Operators without one get every lam from one Krylov
+    basis instead (``krylov.tikhonov_by_discrepancy``).
     """
     n = y.shape[0]
 
@@ -212,19 +217,34 @@ def fit_pixels_discrepancy(
     if not operator.fast_solve:
         fit = tikhonov_by_discrepancy(operator, y, x_init, target_rms, lam_range=lam_range)
         return _keep_within(within, x_init, initial_rms, fit.x, fit.rms, fit.lam)
-    lo = torch.full((n,), float(lam_range[0]), device=y.device).log()
-    hi = torch.full((n,), float(lam_range[1]), device=y.device).log()
+    log_target = torch.as_tensor(target_rms, dtype=torch.float32, device=y.device).log()
+    lo = torch.full((n,), math.log(lam_range[0]), device=y.device)
+    hi = torch.full((n,), math.log(lam_range[1]), device=y.device)
     best = operator.solve(y, x_init, lo.exp())
     best_rms = rms(best)
-    for _ in range(bisections):
-        mid = (lo + hi) / 2
-        x = operator.solve(y, x_init, mid.exp())
+    # The search's function at the bracket's ends; at hi (lam -> inf) x is x_init.
+    f_lo, f_hi = best_rms.log() - log_target, initial_rms.log() - log_target
+    kept = torch.zeros(n, device=y.device)  # which end the last step moved: 1 lo, -1 hi
+    active = (f_lo < 0) & (f_hi > 0)
+    for _ in range(max_solves - 1):
+        active &= hi - lo > log_width
+        if not bool(active.any()):
+            break
+        t = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+        t = torch.minimum(torch.maximum(t, lo + 0.01 * (hi - lo)), hi - 0.01 * (hi - lo))
+        x = operator.solve(y, x_init, t.exp())
         r = rms(x)
-        ok = r <= target_rms
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
+        f = r.log() - log_target
+        ok, over = active & (f <= 0), active & (f > 0)
+        # Illinois: an end kept twice in a row has its function value halved.
+        f_hi = torch.where(ok & (kept == 1), f_hi / 2, f_hi)
+        f_lo = torch.where(over & (kept == -1), f_lo / 2, f_lo)
+        lo, f_lo = torch.where(ok, t, lo), torch.where(ok, f, f_lo)
+        hi, f_hi = torch.where(over, t, hi), torch.where(over, f, f_hi)
+        kept = torch.where(ok, 1.0, torch.where(over, -1.0, kept))
         best = torch.where(_per_image(ok, x), x, best)
         best_rms = torch.where(ok, r, best_rms)
+        active &= ~(ok & (f > math.log1p(-1e-4)))
     # best is the solve at lo: the last weight that met the target, or the smallest.
     return _keep_within(within, x_init, initial_rms, best, best_rms, lo.exp())
 
