@@ -176,25 +176,32 @@ def ct_hu_phantom(n: int = 32) -> np.ndarray:
     return hu
 
 
-def write_ct_dicom(
-    path, hu: np.ndarray, *, modality: str = "CT", pixels: bool = True, padding: np.ndarray | None = None
-) -> None:
-    """A minimal single-frame CT slice: stored values HU + 1024, intercept -1024; where
-    ``padding`` is true the PixelPaddingValue 5000 (which read as HU would be bone)."""
+def ct_dataset(path, shape: tuple[int, int], *, slope: float, intercept: float) -> FileDataset:
+    """What every test CT file has: file meta, SOP UIDs, 16-bit signed monochrome pixels of
+    ``shape`` and the rescale; the caller adds patient, study, series and pixel data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID = "Phantom^Water", "PH-7"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = modality
-    ds.Rows, ds.Columns = hu.shape
+    ds.Rows, ds.Columns = shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit, ds.PixelRepresentation = 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    return ds
+
+
+def write_ct_dicom(
+    path, hu: np.ndarray, *, modality: str = "CT", pixels: bool = True, padding: np.ndarray | None = None
+) -> None:
+    """A minimal single-frame CT slice: stored values HU + 1024, intercept -1024; where
+    ``padding`` is true the PixelPaddingValue 5000 (which read as HU would be bone)."""
+    ds = ct_dataset(path, hu.shape, slope=1, intercept=-1024)
+    ds.PatientName, ds.PatientID = "Phantom^Water", "PH-7"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
     stored = np.round(hu + 1024).astype(np.int16)
     if padding is not None:
         ds.PixelPaddingValue = 5000

@@ -10,9 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import ct_hu_phantom, files_in, load_report
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from conftest import ct_dataset, ct_hu_phantom, files_in, load_report
+from pydicom.uid import generate_uid
 
 from resample_cli.fileio.ct import equal_angles, hu_to_unit, unit_to_hu
 from resample_cli.operators import ParallelBeamCT
@@ -66,22 +65,12 @@ def test_a_3d_sinogram_array_gives_a_volume_batched_like_images(tmp_path, cli, m
 def _dicom_sinogram(path: Path, sinogram: np.ndarray, number: int, series: str, study: str) -> str:
     """One slice's sinogram as a DICOM file (stored = 100 x value, slope 0.01); its SOPInstanceUID."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds = ct_dataset(path, sinogram.shape, slope=0.01, intercept=0)
     ds.PatientName, ds.PatientID = "Phantom^Volume", "PH-9"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.Modality, ds.InstanceNumber = "CT", number
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * number], [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = [1.0, 0.8]  # between angles (meaningless), between detectors: 0.8 mm
-    ds.Rows, ds.Columns = sinogram.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 0.01, 0
     ds.PixelData = np.round(sinogram * 100).astype(np.int16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return ds.SOPInstanceUID

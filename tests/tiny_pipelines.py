@@ -20,8 +20,8 @@ from diffusers import (
     DDPMScheduler,
     PNDMScheduler,
     UNet2DConditionModel,
-    UNet2DModel,
 )
+from tiny_prior import tiny_unet
 
 TEXT_LENGTH = 16  # the tokenizer's model_max_length (SD's is 77)
 SD_SCALING_FACTOR = 0.18215
@@ -112,17 +112,7 @@ def make_tiny_text_prior(folder: Path, seed: int = 0) -> Path:
 
 def make_tiny_pixel_prior(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        norm_num_groups=4,
-    )
+    unet = tiny_unet(3, sample_size=32)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
     return Path(folder)
 

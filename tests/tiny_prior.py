@@ -18,6 +18,21 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 KL_SCALING_FACTOR = 0.5
 
 
+def tiny_unet(channels: int, sample_size: int) -> UNet2DModel:
+    """The tiny two-level noise predictor of the test priors, latent or pixel space."""
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=4,
+    )
+
+
 def make_tiny_prior(
     folder: Path,
     *,
@@ -47,17 +62,7 @@ def make_tiny_prior(
     else:
         ae = AutoencoderKL(**blocks, scaling_factor=KL_SCALING_FACTOR)
         subfolder = "vae"
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        norm_num_groups=4,
-    )
+    unet = tiny_unet(latent_channels, sample_size=8)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear"
     )
