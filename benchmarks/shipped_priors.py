@@ -167,9 +167,13 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
 
 def run_task(name, cases, operator, noise, prior, baseline, args, rows):
     """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows.
-    ``args`` gives the presets, ``paper_images``, ``oracle_steps``, ``samples`` and ``seed_offset``."""
+    ``args`` gives the presets, ``paper_images``, ``oracle_steps``, ``samples``, ``seed_offset``
+    and ``shard`` (K, N): the cases whose index is K - 1 modulo N."""
     mean_of = f" (mean of {args.samples})" if args.samples > 1 else ""
+    shard, shards = args.shard
     for index, (image_name, x) in enumerate(cases):
+        if index % shards != shard - 1:
+            continue
         if args.oracle_steps:
             start = time.perf_counter()
             for label, estimate in decoded_references(prior, x, args.oracle_steps).items():
@@ -391,6 +395,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", default=None, help="also write every per-image row here")
     parser.add_argument(
+        "--shard",
+        default="1/1",
+        metavar="K/N",
+        help="run every N-th image from the K-th: N processes side by side, then --merge their --csv files",
+    )
+    parser.add_argument(
         "--merge", nargs="+", metavar="CSV", help="run nothing: print the table of these --csv files"
     )
     args = parser.parse_args()
@@ -398,6 +408,9 @@ def main() -> None:
         print(summary([row for path in args.merge for row in read_rows(path)]))
         return
     args.presets = [p for p in args.presets.split(",") if p]
+    args.shard = tuple(int(part) for part in args.shard.split("/"))
+    if len(args.shard) != 2 or not 1 <= args.shard[0] <= args.shard[1]:
+        parser.error(f"--shard wants K/N with 1 <= K <= N, got {args.shard}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[tuple] = RowLog(args.csv)

@@ -13,46 +13,42 @@ decoder passes per image (from the trace) and seconds per image.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
-from shipped_priors import ct_cases, measure
+from shipped_priors import measure
 
 from resample_cli.bench import COUNTS
 from resample_cli.metrics import psnr, ssim
 from resample_cli.operators import ParallelBeamCT
 from resample_cli.pipeline import restore
 from resample_cli.priors import load_prior
-from resample_cli.solvers.resample import ReSampleConfig
+from resample_cli.solvers.resample import PRESETS, ReSampleConfig
+from resample_cli.training.data import ellipse_phantoms
 
-CANDIDATES: dict[str, dict] = {
-    "fast": {},
-    "steps=100": {"steps": 100},
-    "steps=25": {"steps": 25},
-    "dc_every=1": {"dc_every": 1},
-    "pixel_fraction=0.5": {"pixel_fraction": 0.5},
-    "gamma=10": {"gamma": 10.0},
-    "gamma=160": {"gamma": 160.0},
-    "latent_iters=200": {"latent_iters": 200},
-    "tau=0.9": {"tau": 0.9},
-    # Issue 20's budget (at most 30 decoder backward passes): every data-consistency step in
-    # pixel space, the final latent solve capped at 30 iterations, or none at all.
-    "pixel_fraction=1+latent_iters=30": {"pixel_fraction": 1.0, "latent_iters": 30},
-    "pixel_fraction=1+no_final_latent": {"pixel_fraction": 1.0, "final_consistency": False},
-    "pixel_fraction=1+latent_iters=30+latent_lr=3e-2": {
-        "pixel_fraction": 1.0,
-        "latent_iters": 30,
-        "latent_lr": 3e-2,
-    },
-    "pixel_fraction=1+latent_iters=30+dc_every=1": {"pixel_fraction": 1.0, "latent_iters": 30, "dc_every": 1},
-    "pixel_fraction=1+latent_iters=30+latent_lr=3e-2+dc_every=1": {
-        "pixel_fraction": 1.0,
-        "latent_iters": 30,
-        "latent_lr": 3e-2,
-        "dc_every": 1,
-    },
+# Named candidates of the tables in docs/BENCHMARKS.md; any other "PRESET+FIELD=VALUE+..."
+# (or "FIELD=VALUE+...", on `fast`) is parsed by ``candidate``.
+CANDIDATES: dict[str, str] = {
+    "pixel_fraction=1+no_final_latent": "pixel_fraction=1+final_consistency=false",
 }
+
+
+def candidate(spec: str) -> ReSampleConfig:
+    """The config a candidate names: a preset (default `fast`), then fields overridden."""
+    base, *fields = CANDIDATES.get(spec, spec).split("+")
+    if "=" in base:
+        base, fields = "fast", [base, *fields]
+    types = {f.name: type(getattr(PRESETS["paper"], f.name)) for f in dataclasses.fields(ReSampleConfig)}
+    overrides = {}
+    for item in fields:
+        name, _, text = item.partition("=")
+        if name not in types:
+            raise ValueError(f"{spec!r}: no field {name!r}")
+        kind = types[name]
+        overrides[name] = text.lower() in ("1", "true") if kind is bool else kind(text)
+    return ReSampleConfig.preset(base, **overrides)
 
 
 def main() -> None:
@@ -60,27 +56,38 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="ct-ellipses")
-    parser.add_argument("--only", default=None, help="comma-separated candidate names")
+    parser.add_argument(
+        "--only",
+        default="fast",
+        help="comma-separated candidates: PRESET+FIELD=VALUE+... (e.g. lean+gamma=4), or FIELD=VALUE+... on fast",
+    )
+    parser.add_argument("--phantoms", type=int, default=5, help="held-out phantoms (seed 7); 5 in the tables")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--per-image", action="store_true", help="also print each image's PSNR")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.only.split(",") if args.only else list(CANDIDATES)
-    unknown = set(names) - set(CANDIDATES)
-    if unknown:
-        parser.error(f"unknown candidates {sorted(unknown)}; choose from {', '.join(CANDIDATES)}")
-    _, tuning = ct_cases(0)
+    names = args.only.split(",")
+    try:
+        configs = {name: candidate(name) for name in names}
+    except ValueError as error:
+        parser.error(str(error))
+    tuning = ellipse_phantoms(args.phantoms, 128, torch.Generator().manual_seed(7))
     operator = ParallelBeamCT(25, 128)
     prior = load_prior(args.model)
     cases = [
         (tuning[i : i + 1], *measure(operator, tuning[i : i + 1], None, seed=i)) for i in range(len(tuning))
     ]
-    print(f"tuning `fast` on {len(cases)} held-out phantoms (seed 7), prior {args.model}\n")
-    print("| candidate | PSNR (dB) | SSIM | resid/σ | UNet+decoder passes | s/image |")
-    print("|---|---|---|---|---|---|")
+    print(f"tuning on {len(cases)} held-out phantoms (seed 7), prior {args.model}\n")
+    print(
+        f"| candidate | PSNR (dB) | Δ vs {names[0]} (paired, ± SE) | SSIM | resid/σ "
+        "| UNet+decoder passes | decoder bwd | s/image |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    baseline: list[float] = []
     for name in names:
-        config = ReSampleConfig.preset("fast", **CANDIDATES[name])
-        scores, similarity, ratios, passes, seconds = [], [], [], [], []
+        config = configs[name]
+        scores, similarity, ratios, passes, backward, seconds = [], [], [], [], [], []
         for index, (x, y, sigma) in enumerate(cases):
             start = time.perf_counter()
             result = restore(
@@ -91,12 +98,18 @@ def main() -> None:
             similarity.append(ssim(result.x[None], x))
             ratios.append(result.residual["ratio"])
             passes.append(sum(result.trace.counts[k] for k in COUNTS))
+            backward.append(result.trace.counts["decoder_backward"])
+        baseline = baseline or scores
+        delta = [s - b for s, b in zip(scores, baseline, strict=True)]
+        paired = f"{statistics.mean(delta):+.2f} ± {statistics.stdev(delta) / len(delta) ** 0.5:.2f}"
         print(
-            f"| {name} | {statistics.mean(scores):.2f} ± {statistics.stdev(scores):.2f} "
+            f"| {name} | {statistics.mean(scores):.2f} ± {statistics.stdev(scores):.2f} | {paired} "
             f"| {statistics.mean(similarity):.3f} | {statistics.mean(ratios):.2f} "
-            f"| {statistics.mean(passes):.0f} | {statistics.mean(seconds):.1f} |",
+            f"| {statistics.mean(passes):.0f} | {max(backward)} | {statistics.mean(seconds):.1f} |",
             flush=True,
         )
+        if args.per_image:
+            print(f"  {name} per image: {', '.join(f'{score:.2f}' for score in scores)}", flush=True)
 
 
 if __name__ == "__main__":
