@@ -263,7 +263,10 @@ def run_ct(name: str, cases: list[tuple[str, torch.Tensor]], args, rows) -> None
             psnr(tv(y_tune, w)[i : i + 1], tuning[i : i + 1]) for i in range(len(tuning))
         ),
     )
+    shard, shards = args.shard
     for index, (image_name, x) in enumerate(cases):
+        if index % shards != shard - 1:
+            continue
         y, sigma = measure(operator, x, None, seed=1000 + index)
         start = time.perf_counter()
         estimate = filtered_back_projection(y, operator)

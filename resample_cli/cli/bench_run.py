@@ -165,7 +165,8 @@ def _run(out, task, cases, solvers, device, lpips, saved) -> tuple[list[Row], li
             if not bar:
                 return None
             bar.reset(steps_bar, total=max(solver.steps, 1), description=f"{case.name} {solver.label}")
-            return lambda step, total: bar.update(steps_bar, completed=step)
+            # The solver says how many steps it runs: the authors' grid may have one more.
+            return lambda step, total: bar.update(steps_bar, completed=step, total=total)
 
         def on_row(row, image):
             if row.note.startswith("failed"):
