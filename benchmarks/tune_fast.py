@@ -1,13 +1,17 @@
-"""Tuning the `fast` preset on held-out CT phantoms: one setting changed at a time.
+"""Tuning ReSample presets on held-out CT phantoms: candidates side by side.
 
-Each candidate is the `fast` preset with one field overridden. They run on the 5 ellipse
-phantoms (seed 7) on which `shipped_priors.py` also tunes the TV weight: not the
-benchmark's test images (seed 2026, Shepp-Logan). Same measurements as there: 25 angles,
-noise std 1 % of each sinogram's maximum, prior ``ct-ellipses``, one sample through
-``pipeline.restore``. Printed: mean PSNR and SSIM, residual / (sigma_y sqrt(m)), UNet and
-decoder passes per image (from the trace) and seconds per image.
+Each candidate is a preset with fields overridden, written PRESET+FIELD=VALUE+... (a
+leading FIELD=VALUE means `fast`): e.g. ``lean+gamma=4``. They run on ``--phantoms`` ellipse
+phantoms drawn with seed 7 (5 of them are the ones on which `shipped_priors.py` tunes the
+TV weight): not the benchmark's test images (seed 2026, Shepp-Logan). Same measurements
+as there: 25 angles, noise std 1 % of each sinogram's maximum, prior ``ct-ellipses``, one
+sample through ``pipeline.restore`` (image i: noise and sampler seed i, so candidates pair
+image by image). Printed: mean PSNR, its paired difference to the first candidate with
+its standard error, SSIM, residual / (sigma_y sqrt(m)), UNet and decoder passes per image
+(from the trace), the most decoder backward passes of any image, and seconds per image.
 
-    python benchmarks/tune_fast.py [--model ct-ellipses] [--only NAME,...] [--threads 1]
+    python benchmarks/tune_fast.py [--only CANDIDATE,...] [--phantoms 5] [--per-image]
+                                   [--model ct-ellipses] [--threads 1]
 """
 
 from __future__ import annotations
