@@ -165,14 +165,18 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
     }
 
 
+def in_shard(index: int, shard: tuple[int, int]) -> bool:
+    """Whether case ``index`` is this process's under ``--shard K/N``: index = K - 1 modulo N."""
+    return index % shard[1] == shard[0] - 1
+
+
 def run_task(name, cases, operator, noise, prior, baseline, args, rows):
     """Each method on each case; append (task, method, image, psnr, ssim, seconds, resid/sigma) rows.
     ``args`` gives the presets, ``paper_images``, ``oracle_steps``, ``samples``, ``seed_offset``
-    and ``shard`` (K, N): the cases whose index is K - 1 modulo N."""
+    and ``shard`` (``in_shard``)."""
     mean_of = f" (mean of {args.samples})" if args.samples > 1 else ""
-    shard, shards = args.shard
     for index, (image_name, x) in enumerate(cases):
-        if index % shards != shard - 1:
+        if not in_shard(index, args.shard):
             continue
         if args.oracle_steps:
             start = time.perf_counter()
@@ -263,9 +267,8 @@ def run_ct(name: str, cases: list[tuple[str, torch.Tensor]], args, rows) -> None
             psnr(tv(y_tune, w)[i : i + 1], tuning[i : i + 1]) for i in range(len(tuning))
         ),
     )
-    shard, shards = args.shard
     for index, (image_name, x) in enumerate(cases):
-        if index % shards != shard - 1:
+        if not in_shard(index, args.shard):
             continue
         y, sigma = measure(operator, x, None, seed=1000 + index)
         start = time.perf_counter()

@@ -170,8 +170,9 @@ PRESETS: dict[str, ReSampleConfig] = {
 # budget): data consistency at every step, by the operator's own solve in pixel space but
 # for the last step, which is solved in latent space like the final solve, each capped at
 # 15 iterations with a larger step (pixel_fraction 0.93 leaves that one step of the 33 in
-# the window of a 50-step run). On 10 held-out CT phantoms level with `fast` (+0.03 dB) at
-# 169 network passes against 395 (docs/BENCHMARKS.md, "Tuning `fast`").
+# the window of a 50-step run). 169 network passes against `fast`'s 395 on CT; level with
+# `fast` on the 10 held-out phantoms it was chosen on, 0.17 dB below on 20 more, 0.23 dB
+# below on the CT table (docs/BENCHMARKS.md, "`lean` against `fast`"), so not the default.
 PRESETS["lean"] = replace(PRESETS["fast"], dc_every=1, pixel_fraction=0.93, latent_iters=15, latent_lr=3e-2)
 
 
