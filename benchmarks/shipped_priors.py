@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ from resample_cli.solvers.classical import (
     regularised_least_squares,
     tv_least_squares,
 )
-from resample_cli.solvers.resample import ReSampleConfig
+from resample_cli.solvers.resample import PRESETS, ReSampleConfig
 from resample_cli.training.data import ellipse_phantoms
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -165,6 +166,29 @@ def decoded_references(prior: LatentPrior, x: torch.Tensor, steps: int) -> dict[
     }
 
 
+# Named candidates of the tables in docs/BENCHMARKS.md; any other "PRESET+FIELD=VALUE+..."
+# (or "FIELD=VALUE+...", on `fast`) is parsed by ``candidate`` (here and in tune_fast.py).
+CANDIDATES: dict[str, str] = {
+    "pixel_fraction=1+no_final_latent": "pixel_fraction=1+final_consistency=false",
+}
+
+
+def candidate(spec: str) -> ReSampleConfig:
+    """The config a candidate names: a preset (default `fast`), then fields overridden."""
+    base, *fields = CANDIDATES.get(spec, spec).split("+")
+    if "=" in base:
+        base, fields = "fast", [base, *fields]
+    types = {f.name: type(getattr(PRESETS["paper"], f.name)) for f in dataclasses.fields(ReSampleConfig)}
+    overrides = {}
+    for item in fields:
+        name, _, text = item.partition("=")
+        if name not in types:
+            raise ValueError(f"{spec!r}: no field {name!r}")
+        kind = types[name]
+        overrides[name] = text.lower() in ("1", "true") if kind is bool else kind(text)
+    return ReSampleConfig.preset(base, **overrides)
+
+
 def in_shard(index: int, shard: tuple[int, int]) -> bool:
     """Whether case ``index`` is this process's under ``--shard K/N``: index = K - 1 modulo N."""
     return index % shard[1] == shard[0] - 1
@@ -215,7 +239,7 @@ def run_task(name, cases, operator, noise, prior, baseline, args, rows):
                 y,
                 operator,
                 prior,
-                ReSampleConfig.preset(preset, final_pixel_consistency=True),
+                dataclasses.replace(candidate(preset), final_pixel_consistency=True),
                 image_shape=tuple(x.shape[1:]),
                 sigma_y=sigma,
                 seed=index + args.seed_offset,
@@ -371,7 +395,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=tuple(PARTS), default="all")
-    parser.add_argument("--presets", default="fast", help="comma-separated ReSample presets")
+    parser.add_argument(
+        "--presets",
+        default="fast",
+        help="comma-separated ReSample presets, or PRESET+FIELD=VALUE+... candidates as in tune_fast.py",
+    )
     parser.add_argument(
         "--paper-images",
         type=int,

@@ -17,42 +17,18 @@ its standard error, SSIM, residual / (sigma_y sqrt(m)), UNet and decoder passes 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import torch
-from shipped_priors import measure
+from shipped_priors import candidate, measure
 
 from resample_cli.bench import COUNTS
 from resample_cli.metrics import psnr, ssim
 from resample_cli.operators import ParallelBeamCT
 from resample_cli.pipeline import restore
 from resample_cli.priors import load_prior
-from resample_cli.solvers.resample import PRESETS, ReSampleConfig
 from resample_cli.training.data import ellipse_phantoms
-
-# Named candidates of the tables in docs/BENCHMARKS.md; any other "PRESET+FIELD=VALUE+..."
-# (or "FIELD=VALUE+...", on `fast`) is parsed by ``candidate``.
-CANDIDATES: dict[str, str] = {
-    "pixel_fraction=1+no_final_latent": "pixel_fraction=1+final_consistency=false",
-}
-
-
-def candidate(spec: str) -> ReSampleConfig:
-    """The config a candidate names: a preset (default `fast`), then fields overridden."""
-    base, *fields = CANDIDATES.get(spec, spec).split("+")
-    if "=" in base:
-        base, fields = "fast", [base, *fields]
-    types = {f.name: type(getattr(PRESETS["paper"], f.name)) for f in dataclasses.fields(ReSampleConfig)}
-    overrides = {}
-    for item in fields:
-        name, _, text = item.partition("=")
-        if name not in types:
-            raise ValueError(f"{spec!r}: no field {name!r}")
-        kind = types[name]
-        overrides[name] = text.lower() in ("1", "true") if kind is bool else kind(text)
-    return ReSampleConfig.preset(base, **overrides)
 
 
 def main() -> None:
