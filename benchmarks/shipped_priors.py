@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from pydicom.data import get_testdata_file
 from skimage import data as skdata
 
+from resample_cli.cli.options import parse_shard
 from resample_cli.fileio.ct import hu_to_unit, read_dicom_hu
 from resample_cli.fileio.images import read_image
 from resample_cli.metrics import psnr, ssim
@@ -185,13 +186,16 @@ def candidate(spec: str) -> ReSampleConfig:
         if name not in types:
             raise ValueError(f"{spec!r}: no field {name!r}")
         kind = types[name]
-        overrides[name] = text.lower() in ("1", "true") if kind is bool else kind(text)
+        if kind is bool and text.lower() not in ("true", "false"):
+            raise ValueError(f"{spec!r}: {name} is true or false, not {text!r}")
+        overrides[name] = text.lower() == "true" if kind is bool else kind(text)
     return ReSampleConfig.preset(base, **overrides)
 
 
 def in_shard(index: int, shard: tuple[int, int]) -> bool:
-    """Whether case ``index`` is this process's under ``--shard K/N``: index = K - 1 modulo N."""
-    return index % shard[1] == shard[0] - 1
+    """Whether case ``index`` is this process's under ``--shard K/N`` (``shard`` as the CLI's
+    ``parse_shard`` gives it, (K - 1, N)): index = K - 1 modulo N, as ``distributed.share``."""
+    return index % shard[1] == shard[0]
 
 
 def run_task(name, cases, operator, noise, prior, baseline, args, rows):
@@ -442,9 +446,10 @@ def main() -> None:
         print(summary([row for path in args.merge for row in read_rows(path)]))
         return
     args.presets = [p for p in args.presets.split(",") if p]
-    args.shard = tuple(int(part) for part in args.shard.split("/"))
-    if len(args.shard) != 2 or not 1 <= args.shard[0] <= args.shard[1]:
-        parser.error(f"--shard wants K/N with 1 <= K <= N, got {args.shard}")
+    try:
+        args.shard = parse_shard(args.shard)
+    except ValueError as error:
+        parser.error(f"--shard: {error}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[tuple] = RowLog(args.csv)
