@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +16,10 @@ from .base import LinearOperator
 # float64 coordinates of the sampling grid (about _GRID_FLOATS float32-sized numbers per point).
 _CHUNK_ELEMENTS = 1 << 24
 _GRID_FLOATS = 8
+# The back-projection matrix is kept while it has at most this many entries (4 per ray
+# sample point; about 170 MB of values and indices): 128x128 images up to 128 angles,
+# 256x256 up to 32.
+_CACHED_ENTRIES = 1 << 23
 FBP_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 
@@ -39,7 +44,7 @@ class ParallelBeamCT(LinearOperator):
 
     ``forward``: (N, C, n, n) -> (N, C, n_angles, det_count), the layout on disk
     (skimage returns the transpose). The adjoint (back-projection) is the exact transpose of
-    the bilinear sampling, taken by autograd (``grid_sample``'s backward scatters the weights).
+    the bilinear sampling (``_backproject``).
     """
 
     task = "ct"
@@ -68,6 +73,7 @@ class ParallelBeamCT(LinearOperator):
         self.det_count = int(det_count) if det_count is not None else self.ray_steps
         if self.det_count < 1:
             raise ValueError(f"detector count must be positive, got {det_count}")
+        self._transposes: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def params(self) -> dict:
         return {
@@ -89,16 +95,63 @@ class ParallelBeamCT(LinearOperator):
         return _Backprojection.apply(y, self)
 
     def _backproject(self, y: torch.Tensor) -> torch.Tensor:
-        """A^T y. Projection is linear, so its vector-Jacobian product at any point is A^T y;
-        autograd is switched on here so that it also works under no_grad and inference_mode."""
+        """A^T y: each sample point of a ray spreads its ray's value back onto the four pixels
+        it was interpolated from, with the same bilinear weights (the transpose of
+        ``_bilinear``). Small geometries keep that map as a sparse matrix, one product per
+        call (30x faster on a CPU at 128x128, 25 angles); larger ones take the sampler's
+        vector-Jacobian product, switching autograd on so that it also works under no_grad
+        and inference_mode."""
         n, c = y.shape[:2]
+        side = self.image_size
+        matrix = self._transpose(y.device, y.dtype)
+        if matrix is not None:
+            return (matrix @ y.detach().reshape(n * c, -1).T).T.reshape(n, c, side, side)
+        # grid_sample's backward scatters the same weights (faster than indexing them here).
         with torch.inference_mode(False), torch.enable_grad():
-            x = y.new_zeros(n, c, self.image_size, self.image_size, requires_grad=True)
+            x = y.new_zeros(n, c, side, side, requires_grad=True)
             back = None
             for part in self._chunks(self._elements_per_angle(n * c)):
                 (grad,) = torch.autograd.grad(self._project(x, part), x, y[:, :, part].detach())
                 back = grad if back is None else back + grad
         return back
+
+    def _transpose(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """A^T as a sparse CSR matrix (pixels x rays), built once per device and dtype, or
+        None when it would hold more than ``_CACHED_ENTRIES`` entries."""
+        angles = len(self.angles_deg)
+        if 4 * angles * self.ray_steps * self.det_count > _CACHED_ENTRIES:
+            return None
+        if (device, dtype) not in self._transposes:
+            pixels, ray, weight = self._footprint(slice(0, angles), device, dtype)
+            shape = (self.image_size**2, angles * self.det_count)
+            coo = torch.sparse_coo_tensor(torch.stack([pixels, ray]), weight, shape, check_invariants=False)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": it is used for one product
+                warnings.simplefilter("ignore", UserWarning)
+                self._transposes[(device, dtype)] = coo.coalesce().to_sparse_csr()
+        return self._transposes[(device, dtype)]
+
+    def _footprint(
+        self, part: slice, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixel, ray, weight) of every bilinear weight inside the image of the sample
+        points of the angles ``part``: pixel = row * size + column, ray = angle * det_count
+        + detector (over all angles)."""
+        col, row = self._coordinates(part, device)
+        side, det = self.image_size, self.det_count
+        ray = torch.arange(part.start * det, part.start * det + col.shape[0] * det, device=device)
+        ray = ray.view(-1, 1, det).expand_as(col)
+        c0, r0 = col.floor(), row.floor()
+        fc, fr = (col - c0).to(dtype), (row - r0).to(dtype)
+        c0, r0 = c0.long(), r0.long()
+        corners = ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc))
+        pixels, rays, weights = [], [], []
+        for dr, dc, weight in corners:
+            r, cc = r0 + dr, c0 + dc
+            inside = (r >= 0) & (r < side) & (cc >= 0) & (cc < side)
+            pixels.append((r * side + cc)[inside])
+            rays.append(ray[inside])
+            weights.append(weight[inside])
+        return torch.cat(pixels), torch.cat(rays), torch.cat(weights)
 
     def fbp(self, sino: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Filtered back-projection, as ``skimage.transform.iradon`` with linear interpolation.
@@ -140,16 +193,20 @@ class ParallelBeamCT(LinearOperator):
     def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         """Projections of ``x`` at the angles ``part``: (N, C, angles in part, det_count)."""
         n, c, h, w = x.shape
-        cos, sin = self._cos_sin(part, x.device)
-        s = _centred(self.ray_steps, x.device)[None, :, None]
-        u = _centred(self.det_count, x.device)[None, None, :]
-        centre = self.image_size // 2
-        col = u * cos + (s * sin + centre)
-        row = s * cos + (centre - u * sin)
+        col, row = self._coordinates(part, x.device)
         samples = _bilinear(
             x.reshape(1, n * c, h, w), col.reshape(1, -1, self.det_count), row.reshape(1, -1, self.det_count)
         )
         return samples.reshape(n, c, -1, self.ray_steps, self.det_count).sum(3)
+
+    def _coordinates(self, part: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel coordinates (column, row), float64, (angles in part, ray_steps, det_count), of
+        the points each ray of the angles ``part`` is sampled at."""
+        cos, sin = self._cos_sin(part, device)
+        s = _centred(self.ray_steps, device)[None, :, None]
+        u = _centred(self.det_count, device)[None, None, :]
+        centre = self.image_size // 2
+        return u * cos + (s * sin + centre), s * cos + (centre - u * sin)
 
     def _cos_sin(self, part: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the angles ``part``, in float64, shaped (angles, 1, 1)."""
