@@ -25,7 +25,7 @@ from resample_cli.operators import ParallelBeamCT
 from resample_cli.operators import ct as ct_module
 from resample_cli.pipeline import restore
 from resample_cli.priors import load_prior
-from resample_cli.solvers import ReSampleConfig
+from resample_cli.solvers.resample import ReSampleConfig
 from resample_cli.training.data import ellipse_phantoms
 
 GEOMETRIES = ((128, 25, 1), (128, 25, 8), (256, 32, 1), (256, 32, 8))  # size, angles, batch
