@@ -28,6 +28,7 @@ import argparse
 import time
 
 import torch
+from shipped_priors import candidate
 
 from resample_cli.operators import ParallelBeamCT
 from resample_cli.operators.matrix import MatrixOperator
@@ -102,7 +103,11 @@ def run_solver(label, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, 
             overrides["steps"] = args.dps_steps
         if args.zeta is not None:
             overrides["zeta"] = args.zeta
-    cfg = config_class.preset(preset, **overrides)
+    cfg = (
+        candidate(preset)
+        if name == "resample" and "+" in preset
+        else config_class.preset(preset, **overrides)
+    )
     ran = cfg.resolved(op).to_dict()
     settings = f"{ran['steps']} steps" + "".join(
         f", {key} {ran[key]:g}" for key in ("zeta", "gamma", "lam") if ran.get(key) is not None
@@ -124,7 +129,8 @@ def main() -> None:
     parser.add_argument(
         "--solvers",
         default=",".join(SOLVERS),
-        help=f"comma-separated NAME:PRESET (default {','.join(SOLVERS)})",
+        help=f"comma-separated NAME:PRESET (default {','.join(SOLVERS)}); ReSample also takes "
+        "candidates as in tune_fast.py, e.g. resample:lean+pixel_fraction=0.75",
     )
     parser.add_argument("--paper-steps", type=int, default=None, help="ReSample paper steps (default 500)")
     parser.add_argument("--dps-steps", type=int, default=None, help="Latent-DPS/PSLD steps (default: preset)")
@@ -137,7 +143,9 @@ def main() -> None:
     for label in solvers:  # NAME:PRESET of any registered solver and preset
         name, _, preset = label.partition(":")
         try:
-            solver_config(name, preset or "fast")
+            candidate(preset) if name == "resample" and "+" in preset else solver_config(
+                name, preset or "fast"
+            )
         except ValueError as err:
             parser.error(f"{label}: {err}")
     torch.set_num_threads(args.threads)
