@@ -136,6 +136,12 @@ def test_adjoint_works_without_grad_and_is_differentiable() -> None:
     y.requires_grad_()
     op.adjoint(y).square().sum().backward()
     assert y.grad is not None
+    # A back-projection matrix first built under inference_mode serves autograd later.
+    fresh = ParallelBeamCT(5, 10)
+    with torch.inference_mode():
+        fresh.adjoint(y.detach().clone())
+    (grad,) = torch.autograd.grad(fresh.adjoint(y).square().sum(), y)
+    assert torch.allclose(grad, y.grad, atol=1e-12)
 
 
 def test_the_adjoint_differentiates_without_the_samplers_second_derivative(monkeypatch) -> None:
