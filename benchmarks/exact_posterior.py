@@ -90,6 +90,11 @@ def coverage(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.9)
     return float(((reference >= lo) & (reference <= hi)).double().mean())
 
 
+def is_candidate(name: str, preset: str) -> bool:
+    """Whether ``NAME:PRESET`` names a ReSample candidate (PRESET+FIELD=VALUE+...)."""
+    return name == "resample" and "+" in preset
+
+
 def run_solver(label, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, float, float]:
     """(latent samples, settings, seconds, mean final residual) of ``NAME:PRESET``."""
     name, _, preset = label.partition(":")
@@ -103,11 +108,7 @@ def run_solver(label, y, op, prior, sigma, args, g) -> tuple[torch.Tensor, str, 
             overrides["steps"] = args.dps_steps
         if args.zeta is not None:
             overrides["zeta"] = args.zeta
-    cfg = (
-        candidate(preset)
-        if name == "resample" and "+" in preset
-        else config_class.preset(preset, **overrides)
-    )
+    cfg = candidate(preset) if is_candidate(name, preset) else config_class.preset(preset, **overrides)
     ran = cfg.resolved(op).to_dict()
     settings = f"{ran['steps']} steps" + "".join(
         f", {key} {ran[key]:g}" for key in ("zeta", "gamma", "lam") if ran.get(key) is not None
@@ -143,9 +144,7 @@ def main() -> None:
     for label in solvers:  # NAME:PRESET of any registered solver and preset
         name, _, preset = label.partition(":")
         try:
-            candidate(preset) if name == "resample" and "+" in preset else solver_config(
-                name, preset or "fast"
-            )
+            candidate(preset) if is_candidate(name, preset) else solver_config(name, preset or "fast")
         except ValueError as err:
             parser.error(f"{label}: {err}")
     torch.set_num_threads(args.threads)
