@@ -267,6 +267,7 @@ def test_the_paper_preset_is_the_authors_behaviour():
         "pixel_lr": 1e-2,
         "latent_iters": 500,
         "latent_lr": 5e-3,
+        "latent_solver": "adam",
         "stop": "threshold",
         "stop_mse": 1e-6,
         "tau": 1.0,

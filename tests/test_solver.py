@@ -253,6 +253,6 @@ def test_lean_preset_stays_within_its_network_budget():
     r = resample(y.expand(n, -1).clone(), op, prior, cfg, sigma_y=sigma, image_size=(4, 4))
     c = r.trace.counts
     assert c["unet_forward"] == 50 * n and c["unet_backward"] == 0
-    # One latent data-consistency step (the last) and the final latent solve, each to its cap.
-    assert dc_schedule(cfg).count("latent") == 1
-    assert c["decoder_backward"] == 2 * 15 * n
+    # Two latent data-consistency steps (the last two) and the final latent solve, each to its cap.
+    assert dc_schedule(cfg).count("latent") == 2
+    assert c["decoder_backward"] == 3 * 10 * n

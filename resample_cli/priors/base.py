@@ -38,6 +38,9 @@ class LatentPrior(abc.ABC):
     dtype: torch.dtype  # of the networks' weights
     # "pixel": a denoiser of images, no autoencoder: ``encode`` and ``decode`` are the identity.
     space: Literal["latent", "pixel"] = "latent"
+    # False where ``decode`` quantises (a VQ codebook): its derivative is then only the
+    # straight-through estimate, which a forward difference does not see.
+    continuous_decoder: bool = True
 
     @property
     def unet_passes(self) -> int:

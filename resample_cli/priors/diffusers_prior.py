@@ -92,6 +92,7 @@ class DiffusersPrior(LatentPrior):
         self.dtype = dtype
         self.unet = _frozen(unet, self.device, dtype)
         self.autoencoder = None if autoencoder is None else _frozen(autoencoder, self.device, dtype)
+        self.continuous_decoder = not isinstance(autoencoder, VQModel)
         self.space = "pixel" if autoencoder is None else "latent"
         self.image_channels = channels if autoencoder is None else autoencoder.config.in_channels
         self.latent_channels = channels

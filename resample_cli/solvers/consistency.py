@@ -151,6 +151,97 @@ def fit_latent(
     return replace(fit, rms=fit.rms / UNIT_SCALE[units])
 
 
+# Gauss-Newton: the iterations of CGLS on one linearisation before the next, and the
+# size of the forward-difference step relative to the latent's norm (float32 decoder
+# passes: a relative error of about 1e-4 in K p).
+GN_RESTART = 5
+GN_DIFFERENCE_STEP = 1e-3
+
+
+def fit_latent_gauss_newton(
+    net: CountingPrior,
+    operator: Operator,
+    y: torch.Tensor,
+    z_init: torch.Tensor,
+    *,
+    iters: int,
+    target_mse: torch.Tensor,
+) -> Fit:
+    """z0y near argmin_z ||y - A(D(z))||^2 from z_init by Gauss-Newton: CGLS on the
+    problem linearised at z (K the Jacobian of z -> A(D(z)), min_d ||y - A(D(z)) - K d||^2),
+    relinearised every ``GN_RESTART`` iterations, each image stopped once its residual
+    meets ``target_mse`` (the mean over y's entries, as ``StopRule.mse``) or after ``iters``
+    iterations (early-stopped CGLS is to this problem what early-stopped gradient descent
+    is, in far fewer products). An iteration costs one decoder backward pass (K^T q, on
+    the graph of the linearisation's forward) and one decoder forward (K p by a forward
+    difference); each linearisation one decoder forward. The decoder runs in float32
+    whatever ``net.autocast`` is, as the differences need. The batch is solved as a
+    whole (an image that stops stays where it stopped), so every pass counts every image.
+    """
+    n, m = y.shape[0], y[0].numel()
+    target = target_mse.to(y.device, torch.float32) * m
+    met = target * (1 + 1e-3)  # what counts as on the target, against float32 rounding
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).flatten(1).sum(1)
+
+    def model(z: torch.Tensor) -> torch.Tensor:
+        return operator(net.decode(z, full_precision=True))
+
+    z = z_init.detach().float()
+    taken = torch.zeros(n, dtype=torch.long, device=y.device)
+    while True:
+        base = z.clone().requires_grad_(True)
+        f_base = model(base)
+        r = y - f_base.detach()
+        rr = dot(r, r)
+        active = (rr > met) & (taken < iters)
+        if not bool(active.any()):
+            return Fit(z, (rr / m).sqrt(), taken)
+
+        d = torch.zeros_like(z)
+        s = _decoder_vjp(net, f_base, base, r)
+        p, gamma = s, dot(s, s)
+        for inner in range(GN_RESTART):
+            h = (
+                GN_DIFFERENCE_STEP
+                * z.flatten(1).norm(dim=1).clamp_min(1.0)
+                / dot(p, p).sqrt().clamp_min(1e-30)
+            )
+            with torch.no_grad():
+                q = (model(z + _per_image(h, z) * p) - f_base.detach()) / _per_image(h, r)
+            qq = dot(q, q).clamp_min(1e-30)
+            alpha = gamma / qq
+            # A step that would cross the target is shortened to land on it (the residual
+            # is quadratic along the step), as the pixel solves land on it by their weight:
+            # a full step can fall far below the noise level.
+            rq, excess = dot(r, q), (rr - target).clamp_min(0)
+            landing = (rq - (rq**2 - qq * excess).clamp_min(0).sqrt()) / qq
+            alpha = torch.where(active, torch.minimum(alpha, landing), 0.0)
+            d += _per_image(alpha, d) * p
+            r -= _per_image(alpha, r) * q
+            rr = dot(r, r)
+            taken += active.long()
+            active &= (rr > met) & (taken < iters)
+            if inner == GN_RESTART - 1 or not bool(active.any()):
+                break
+            s = _decoder_vjp(net, f_base, base, r)
+            gamma_next = dot(s, s)
+            p = s + _per_image(gamma_next / gamma.clamp_min(1e-30), p) * p
+            gamma = gamma_next
+        z = z + d
+
+
+def _decoder_vjp(
+    net: CountingPrior, output: torch.Tensor, latent: torch.Tensor, q: torch.Tensor
+) -> torch.Tensor:
+    """q^T d output / d latent through the decoder (one counted backward pass per image);
+    the graph is kept for the next product."""
+    (g,) = torch.autograd.grad(output, latent, q, retain_graph=True)
+    net.count_backward(latent.shape[0], decoder=True)
+    return g
+
+
 def fit_pixels_adam(
     operator: Operator,
     y: torch.Tensor,

@@ -22,6 +22,7 @@ from .consistency import (
     StopRule,
     Units,
     fit_latent,
+    fit_latent_gauss_newton,
     fit_pixels_adam,
     fit_pixels_discrepancy,
     per_sample_mse,
@@ -74,6 +75,12 @@ class ReSampleConfig:
     pixel_solver: "adam" (AdamW on the pixels, 337-370) or "operator" (the operator's
     regularised least-squares solve, lam chosen by the discrepancy principle; linear
     operators only, nonlinear ones fall back to "adam").
+    latent_solver: "adam" (AdamW through the decoder for at most ``latent_iters`` steps of
+    ``latent_lr``, as the authors' code does) or "gauss_newton" (CGLS on the problem
+    linearised at the latent, relinearised every few iterations, Jacobian products by a
+    decoder backward pass and a forward difference; at most ``latent_iters`` iterations,
+    stopped by ``stop``'s target alone: ``consistency.fit_latent_gauss_newton``; with a
+    quantising (VQ) decoder, whose forward differences are no derivative, "adam").
     stop: "threshold" stops an optimisation when its MSE (in ``units``) is below
     ``stop_mse`` (363, 428); "discrepancy" when the residual norm is at most
     tau * sigma_y * sqrt(m). stop_check: "after_step" as the authors' loop (the test of
@@ -115,6 +122,7 @@ class ReSampleConfig:
     pixel_lr: float = 1e-2
     latent_iters: int = 500
     latent_lr: float = 5e-3
+    latent_solver: Literal["adam", "gauss_newton"] = "adam"
     stop: Literal["threshold", "discrepancy"] = "threshold"
     stop_mse: float = 1e-6
     tau: float = 1.0
@@ -168,12 +176,14 @@ PRESETS: dict[str, ReSampleConfig] = {
 }
 # At most 30 decoder backward passes and 50 UNet forwards, no UNet backward (issue 20's
 # budget): data consistency at every step, by the operator's own solve in pixel space but
-# for the last step, which is solved in latent space like the final solve, each capped at
-# 15 iterations with a larger step (pixel_fraction 0.93 leaves that one step of the 33 in
-# the window of a 50-step run). 169 network passes against `fast`'s 395 on CT; level with
-# `fast` on the 10 held-out phantoms it was chosen on, 0.17 dB below on 20 more, 0.23 dB
-# below on the CT table (docs/BENCHMARKS.md, "`lean` against `fast`"), so not the default.
-PRESETS["lean"] = replace(PRESETS["fast"], dc_every=1, pixel_fraction=0.93, latent_iters=15, latent_lr=3e-2)
+# for the last two steps, which are solved in latent space like the final solve, each by
+# at most 10 Gauss-Newton iterations (pixel_fraction 0.9 leaves those two steps of the 33
+# in the window of a 50-step run). Chosen on 10 held-out phantoms; the CT table, the
+# exact-posterior cases and its cost against `fast` are in docs/BENCHMARKS.md ("`lean`
+# against `fast`").
+PRESETS["lean"] = replace(
+    PRESETS["fast"], dc_every=1, pixel_fraction=0.9, latent_iters=10, latent_solver="gauss_newton"
+)
 
 
 @dataclass
@@ -247,6 +257,10 @@ def resample(
     stages = dc_schedule(replace(config, steps=len(grid)))
 
     def solve_latent(z_init: torch.Tensor) -> Fit:
+        if config.latent_solver == "gauss_newton" and prior.continuous_decoder:
+            return fit_latent_gauss_newton(
+                net, operator, y, z_init, iters=config.latent_iters, target_mse=latent_stop.mse
+            )
         return fit_latent(
             net,
             operator,

@@ -86,10 +86,11 @@ class CountingPrior:
         with self._cast():
             return self.prior.eps(z, tt).float()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> image in [0, 1] (the operators' domain)."""
+    def decode(self, z: torch.Tensor, *, full_precision: bool = False) -> torch.Tensor:
+        """Latent -> image in [0, 1] (the operators' domain); ``full_precision`` runs it
+        without autocast."""
         self._count_autoencoder("decoder_forward", z.shape[0])
-        with self._cast():
+        with contextlib.nullcontext() if full_precision else self._cast():
             return (self.prior.decode(z).float() + 1) / 2
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
