@@ -181,8 +181,15 @@ PRESETS: dict[str, ReSampleConfig] = {
 # in the window of a 50-step run). Chosen on 10 held-out phantoms; the CT table, the
 # exact-posterior cases and its cost against `fast` are in docs/BENCHMARKS.md ("`lean`
 # against `fast`").
+# latent_lr is the step of the AdamW fallback for quantising decoders (VQ), as tuned for
+# the AdamW `lean` before it.
 PRESETS["lean"] = replace(
-    PRESETS["fast"], dc_every=1, pixel_fraction=0.9, latent_iters=10, latent_solver="gauss_newton"
+    PRESETS["fast"],
+    dc_every=1,
+    pixel_fraction=0.9,
+    latent_iters=10,
+    latent_lr=3e-2,
+    latent_solver="gauss_newton",
 )
 
 
