@@ -314,8 +314,8 @@ class CommonOptions:
         "fast",
         help="Settings of the chosen --solver, by name. Every solver has 'paper' (its authors' code as published; "
         "slow) and 'fast' (cheaper: fewer steps; for resample this tool's own schedule); resample also has "
-        "'lean' (at most 30 decoder backward passes). See README 'Solvers and presets'. A preset the "
-        "solver does not have is an error naming its presets.",
+        "'lean' (at most 30 decoder backward passes; for priors that fit the data, such as CT). "
+        "See README 'Solvers and presets'. A preset the solver does not have is an error naming its presets.",
         rich_help_panel=COMMON_PANEL,
     )
     steps: int | None = declared(
