@@ -38,11 +38,13 @@ A100/A6000-class GPUs, hence its reduced run); --quick about 30 s on a CPU.
 
 Host-device synchronisations the timings include (resample_cli, as audited for issue 20):
 the stopping rules' per-iteration checks (``consistency.adam_fit``,
+``consistency.fit_latent_gauss_newton``,
 ``operators.base.conjugate_gradient``, ``krylov.tikhonov_by_discrepancy``), adam_fit's
 boolean-mask indexing of the active images, the blur's preconditioner set-up in each of its
 solves (``Blur._preconditioner``), ``Trace.timed``'s synchronise per stage, the
 per-data-consistency-step residual lists, and the CPU generator's draws, copied to the GPU
-from pageable memory.
+from pageable memory. The CelebA-HQ autoencoder quantises (VQ), so `lean` runs its AdamW
+fallback here, not its Gauss-Newton latent solves: the same pass budget, another solver.
 """
 
 from __future__ import annotations
